@@ -1,0 +1,33 @@
+"""genepanel: design gene panels from omics data with concrete autoencoders.
+
+The library entry points are :func:`select_panel` (train a panel) and, for a saved
+run folder, :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("genepanel")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["SelectConfig", "__version__", "load_model", "select_panel"]
+
+
+def __getattr__(name: str):  # lazy: keep `import genepanel` (and the CLI's --help) fast
+    if name == "select_panel":
+        from genepanel.api import select_panel
+
+        return select_panel
+    if name == "load_model":
+        from genepanel.saved import load_model
+
+        return load_model
+    if name == "SelectConfig":
+        from genepanel.config import SelectConfig
+
+        return SelectConfig
+    msg = f"module 'genepanel' has no attribute {name!r}"
+    raise AttributeError(msg)

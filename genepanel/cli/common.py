@@ -1,0 +1,101 @@
+"""What every command shares: error handling, logging and progress display."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+T = TypeVar("T")
+log = logging.getLogger("genepanel")
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr: INFO by default, DEBUG with ``-v``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("jax", "absl", "matplotlib", "h5py", "numba", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_command(fn: Callable[[], T], verbose: bool) -> T:
+    """Run ``fn``; map errors to one line on stderr and the documented exit codes.
+
+    2: bad usage or configuration; 1: bad data or I/O; 130: interrupted. With
+    ``verbose`` the traceback is printed too.
+    """
+    from genepanel.errors import GenepanelError
+
+    try:
+        return fn()
+    except GenepanelError as exc:
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except MemoryError:
+        if verbose:
+            traceback.print_exc()
+        typer.echo(
+            "error: out of memory; use a smaller --batch-size or lower "
+            "train.device_memory_budget_gb",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+class EpochReporter:
+    """A progress bar on a terminal, one log line per epoch otherwise."""
+
+    def __init__(self, max_epochs: int, *, enabled: bool = True):
+        self.max_epochs = max_epochs
+        self.enabled = enabled
+        self.bar: Any = None
+        self.task: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("epoch {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self.task = self.bar.add_task("train", total=max_epochs, info="")
+            self.bar.start()
+
+    def __call__(self, rec: dict[str, float]) -> None:
+        """Report one epoch record (or a restart notice)."""
+        if not self.enabled:
+            return
+        if "restart" in rec:
+            self.max_epochs = int(rec["max_epochs"])
+            if self.bar is not None:
+                self.bar.update(self.task, total=self.max_epochs, completed=0)
+            log.info("not converged: restart %d with %d epochs", rec["restart"], self.max_epochs)
+            return
+        info = (
+            f"T={rec['temperature']:.3g} maxprob={rec['mean_max_prob']:.3f} "
+            f"train={rec['train_loss']:.4g} val={rec['val_loss']:.4g}"
+        )
+        if self.bar is not None:
+            self.bar.update(self.task, completed=rec["epoch"], info=info)
+        else:
+            log.info("epoch %d/%d %s (%.2fs)", rec["epoch"], self.max_epochs, info, rec["seconds"])
+
+    def close(self) -> None:
+        """Remove the progress bar."""
+        if self.bar is not None:
+            self.bar.stop()

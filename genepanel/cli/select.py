@@ -1,0 +1,95 @@
+"""``genepanel select``: train a concrete autoencoder and write the panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from genepanel.cli.common import EpochReporter, log, run_command, setup_logging
+
+
+def select(
+    data: Path = typer.Argument(..., help="Expression matrix: .h5ad, or plain HDF5 with --dataset."),
+    k: int | None = typer.Option(None, "--k", help="Panel size (number of genes). [default: 50]"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it."),
+    layer: str | None = typer.Option(None, help="AnnData layer to use instead of X."),
+    gene_column: str | None = typer.Option(None, help="var column with gene names (default var_names)."),
+    dataset: str | None = typer.Option(None, help="Plain HDF5: path of the 2-D matrix in the file."),
+    genes: str | None = typer.Option(None, help="Plain HDF5: gene names (dataset path or text file)."),
+    genes_by_samples: bool | None = typer.Option(
+        None, "--genes-by-samples", help="Plain HDF5 matrix is stored genes × samples."
+    ),
+    preprocess: str | None = typer.Option(
+        None, help="none | log1p | standardize | log1p+standardize. [default: none]"
+    ),
+    target_sum: float | None = typer.Option(None, help="log1p: total per sample (default: median)."),
+    split_column: str | None = typer.Option(None, help="obs column with train/val/test per sample."),
+    seed: int | None = typer.Option(None, help="Random seed; same data+config+seed, same panel."),
+    decoder: str | None = typer.Option(None, help="linear | mlp. [default: linear]"),
+    hidden: str | None = typer.Option(None, help="MLP hidden sizes, e.g. 256,128."),
+    epochs: int | None = typer.Option(None, help="Epoch cap and annealing length E. [default: 300]"),
+    batch_size: int | None = typer.Option(None, help="Global minibatch size. [default: 256]"),
+    lr: float | None = typer.Option(None, help="Adam learning rate. [default: 1e-3]"),
+    t0: float | None = typer.Option(None, help="Initial temperature. [default: 10]"),
+    tb: float | None = typer.Option(None, help="Final temperature. [default: 0.01]"),
+    n_related: int | None = typer.Option(None, help="Related genes per node in groups.tsv. [default: 3]"),
+    checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N epochs (0: never)."),
+    retry: bool | None = typer.Option(
+        None, "--retry/--no-retry", help="Restart with doubled epochs when not converged."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    baselines: bool = typer.Option(
+        True, "--baselines/--no-baselines", help="Score random/HVG panels and the PCA bound."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
+) -> None:
+    """Select a panel of k genes that best reconstructs all the others."""
+    setup_logging(verbose)
+    flags: dict[str, Any] = {
+        "k": k, "seed": seed, "preprocess": preprocess, "target_sum": target_sum,
+        "n_related": n_related,
+        "input.layer": layer, "input.gene_column": gene_column, "input.dataset": dataset,
+        "input.genes": genes, "input.genes_by_samples": genes_by_samples,
+        "split.column": split_column,
+        "model.decoder": decoder, "model.hidden": hidden,
+        "train.max_epochs": epochs, "train.batch_size": batch_size, "train.learning_rate": lr,
+        "train.t0": t0, "train.tb": tb, "train.checkpoint_every": checkpoint_every,
+        "train.retry_unconverged": retry,
+    }
+
+    def work() -> None:
+        from genepanel import config as cfgmod
+
+        base = cfgmod.load_yaml(config) if config is not None else {}
+        if hidden is not None and decoder is None and "model" not in base:
+            flags["model.decoder"] = "mlp"
+        changes = {key: v for key, v in flags.items() if v is not None}
+        if "model.hidden" in changes:
+            changes["model.hidden"] = cfgmod.parse_hidden(changes["model.hidden"])
+        cfg = cfgmod.from_dict(base).replace(**changes)
+
+        from genepanel.api import select_panel
+
+        reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet)
+        try:
+            res = select_panel(data, cfg, out, overwrite=overwrite, resume=resume,
+                               on_epoch=reporter, evaluate_baselines=baselines)
+        finally:
+            reporter.close()
+        m, tr = res.metrics, res.run["training"]
+        state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
+                 else f"not converged after {tr['epochs_run']} epochs")
+        log.info("panel of %d genes written to %s (%s)", cfg.k, res.out, state)
+        line = f"test MSE: linear refit {m['linear_refit_test_mse']:.4g}"
+        line += f", trained decoder {m['trained_decoder_test_mse']:.4g}"
+        if "hvg_panel_test_mse" in m:
+            line += (f", random {m['random_panel_test_mse']['mean']:.4g}, "
+                     f"HVG {m['hvg_panel_test_mse']:.4g}, PCA bound {m['pca_bound_test_mse']:.4g}")
+        log.info(line)
+
+    run_command(work, verbose)

@@ -1,0 +1,262 @@
+"""Typed, validated configuration for ``genepanel select``.
+
+A YAML file (see ``configs/``) may set any field of :class:`SelectConfig`; command-line
+flags override it. Unknown keys are an error, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from genepanel.errors import UsageError
+
+Preprocess = Literal["none", "log1p", "standardize", "log1p+standardize"]
+PREPROCESS_CHOICES = ("none", "log1p", "standardize", "log1p+standardize")
+DECODER_CHOICES = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the expression matrix comes from.
+
+    ``layer`` selects an AnnData layer instead of ``X``; ``gene_column`` a ``var``
+    column instead of ``var_names``. For plain HDF5, ``dataset`` is the path of the
+    2-D matrix inside the file, ``genes`` either a dataset path in the same file or a
+    text file with one name per line, and ``genes_by_samples`` says the matrix is
+    stored genes × samples.
+    """
+
+    layer: str | None = None
+    gene_column: str | None = None
+    dataset: str | None = None
+    genes: str | None = None
+    genes_by_samples: bool = False
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Train/validation/test split: fractions by seed, or a user column of ``obs``.
+
+    With ``column`` set, its values must be ``train``, ``val``/``validation`` and ``test``.
+    """
+
+    train: float = 0.72
+    val: float = 0.08
+    test: float = 0.20
+    column: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The decoder behind the concrete selector: ``linear`` or ``mlp`` with ``hidden`` sizes."""
+
+    decoder: str = "linear"
+    hidden: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and annealing; defaults are the paper's (T0 10, TB 0.01, Adam 1e-3).
+
+    ``max_epochs`` is both the epoch cap and the ``E`` of the annealing schedule
+    ``T(e) = T0 (TB/T0)^(e/E)``. Training stops early once the mean over nodes of the
+    per-node maximum selection probability exceeds ``stop_threshold``. With
+    ``retry_unconverged`` (the reference code's behaviour) a run that reaches the cap
+    without converging starts again with twice the epochs, at most ``max_retries`` times.
+    """
+
+    max_epochs: int = 300
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    t0: float = 10.0
+    tb: float = 0.01
+    stop_threshold: float = 0.99
+    collision_threshold: float = 0.2
+    retry_unconverged: bool = False
+    max_retries: int = 2
+    device_memory_budget_gb: float = 2.0
+    checkpoint_every: int = 25
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Everything ``genepanel select`` needs besides the input path and output folder."""
+
+    k: int = 50
+    seed: int = 0
+    preprocess: str = "none"
+    target_sum: float | None = None
+    n_related: int = 3
+    input: InputConfig = field(default_factory=InputConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for JSON and YAML)."""
+        d = dataclasses.asdict(self)
+        d["model"]["hidden"] = list(self.model.hidden)
+        return d
+
+    def replace(self, **changes: Any) -> SelectConfig:
+        """Copy with top-level or dotted (``train.max_epochs``) fields changed."""
+        return from_dict(_merge(self.to_dict(), _undot(changes)))
+
+
+_SECTIONS = {"input": InputConfig, "split": SplitConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _undot(changes: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            out.setdefault(section, {})[name] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        msg = (
+            f"unknown config key(s) {', '.join(where + u for u in unknown)}; "
+            f"valid keys here: {', '.join(sorted(names))}"
+        )
+        raise UsageError(msg)
+    return cls(**data)
+
+
+def from_dict(data: dict[str, Any]) -> SelectConfig:
+    """Build a validated :class:`SelectConfig` from a nested dict (as in the YAML files)."""
+    data = dict(data or {})
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                msg = f"config section '{key}' must be a mapping, got {value!r}"
+                raise UsageError(msg)
+            section = dict(value)
+            if key == "model" and "hidden" in section:
+                section["hidden"] = parse_hidden(section["hidden"])
+            kwargs[key] = _build(_SECTIONS[key], section, f"{key}.")
+        else:
+            kwargs[key] = value
+    try:
+        return _build(SelectConfig, kwargs, "")
+    except TypeError as exc:  # pragma: no cover - defensive
+        raise UsageError(str(exc)) from exc
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with a clear error when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"config file {path} not found; pass an existing YAML file (see configs/)"
+        raise UsageError(msg)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        msg = f"config file {path} is not valid YAML ({first})"
+        raise UsageError(msg) from exc
+    if not isinstance(data, dict):
+        msg = f"config file {path} must hold a mapping of options, got {type(data).__name__}"
+        raise UsageError(msg)
+    return data
+
+
+def parse_hidden(value: Any) -> tuple[int, ...]:
+    """Parse MLP hidden sizes from ``"256,128"``, a list, or an int."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, int):
+        value = [value]
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        sizes = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        msg = f"hidden sizes must be positive integers like 256,128; got {value!r}"
+        raise UsageError(msg) from exc
+    if any(s < 1 for s in sizes):
+        msg = f"hidden sizes must be positive integers like 256,128; got {value!r}"
+        raise UsageError(msg)
+    return sizes
+
+
+def _check(cond: bool, msg: str) -> None:  # noqa: FBT001
+    if not cond:
+        raise UsageError(msg)
+
+
+def validate(cfg: SelectConfig) -> None:
+    """Raise :class:`UsageError` for any value outside its valid range."""
+    _check(isinstance(cfg.k, int) and cfg.k >= 1, f"--k must be an integer ≥ 1, got {cfg.k!r}")
+    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, f"--seed must be ≥ 0, got {cfg.seed!r}")
+    _check(
+        cfg.preprocess in PREPROCESS_CHOICES,
+        f"--preprocess must be one of {', '.join(PREPROCESS_CHOICES)}; got {cfg.preprocess!r}",
+    )
+    _check(
+        cfg.target_sum is None or cfg.target_sum > 0,
+        f"--target-sum must be positive, got {cfg.target_sum!r}",
+    )
+    _check(cfg.n_related >= 1, f"--n-related must be ≥ 1, got {cfg.n_related!r}")
+    s = cfg.split
+    _check(
+        min(s.train, s.val, s.test) >= 0 and s.train > 0 and s.test > 0
+        and abs(s.train + s.val + s.test - 1.0) < 1e-6,
+        f"split fractions must be ≥ 0 and sum to 1 (train and test > 0); got "
+        f"{s.train}/{s.val}/{s.test}",
+    )
+    m = cfg.model
+    _check(
+        m.decoder in DECODER_CHOICES,
+        f"--decoder must be one of {', '.join(DECODER_CHOICES)}; got {m.decoder!r}",
+    )
+    _check(
+        m.decoder == "mlp" or not m.hidden,
+        "--hidden only applies to --decoder mlp; drop it or add --decoder mlp",
+    )
+    _check(
+        m.decoder != "mlp" or len(m.hidden) > 0,
+        "--decoder mlp needs hidden layer sizes, e.g. --hidden 256 or --hidden 512,256",
+    )
+    t = cfg.train
+    _check(t.max_epochs >= 1, f"--epochs must be ≥ 1, got {t.max_epochs}")
+    _check(t.batch_size >= 1, f"--batch-size must be ≥ 1, got {t.batch_size}")
+    _check(t.learning_rate > 0, f"--lr must be positive, got {t.learning_rate}")
+    _check(
+        t.t0 > 0 and t.tb > 0 and t.tb <= t.t0,
+        f"temperatures need 0 < TB ≤ T0; got T0={t.t0}, TB={t.tb}",
+    )
+    _check(
+        0 < t.stop_threshold <= 1,
+        f"stop_threshold must be in (0, 1], got {t.stop_threshold}",
+    )
+    _check(
+        0 <= t.collision_threshold <= 1,
+        f"collision_threshold must be in [0, 1], got {t.collision_threshold}",
+    )
+    _check(t.checkpoint_every >= 0, f"--checkpoint-every must be ≥ 0, got {t.checkpoint_every}")

@@ -1,0 +1,171 @@
+"""Held-out metrics: refit linear regression from a panel, baseline panels, the PCA bound.
+
+All metrics are mean squared errors over every entry of the preprocessed test matrix
+(``‖X̂ − X‖²_F / (n·d)``, the paper's metric). Data are streamed in row batches, so a
+sparse matrix is never densified whole.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from genepanel.data import Preprocessor
+from genepanel.io import ExpressionData
+
+
+@dataclass
+class LinearFit:
+    """Unregularised least squares ``X ≈ X[:, panel] @ coef + intercept``.
+
+    ``coef`` is ``[k, d]`` and ``intercept`` ``[d]``, on the preprocessed scale.
+    """
+
+    panel: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def predict(self, xs: np.ndarray) -> np.ndarray:
+        """Reconstruct ``[b, d]`` from panel values ``xs`` ``[b, k]``."""
+        return xs @ self.coef + self.intercept
+
+
+def _batches(data: ExpressionData, pre: Preprocessor, rows: np.ndarray, batch: int):
+    for i in range(0, len(rows), batch):
+        yield pre.transform(data.rows(rows[i : i + batch]))
+
+
+def fit_linear(
+    data: ExpressionData,
+    pre: Preprocessor,
+    rows: np.ndarray,
+    panels: dict[str, np.ndarray],
+    batch: int = 2048,
+) -> dict[str, LinearFit]:
+    """Fit one linear regression per panel on ``rows`` in a single pass over the data.
+
+    The sufficient statistics (sums, ``XᵤᵀXᵤ`` and ``XᵤᵀX`` for the union ``u`` of all
+    panels' genes) are accumulated in float64; each panel's normal equations are then
+    solved with a least-squares solver, so a rank-deficient panel (duplicated or
+    constant genes) still gets the minimum-norm solution.
+    """
+    union = np.unique(np.concatenate([np.asarray(p) for p in panels.values()]))
+    pos = {int(g): i for i, g in enumerate(union)}
+    d = data.shape[1]
+    s_u = np.zeros(len(union))
+    s_x = np.zeros(d)
+    uu = np.zeros((len(union), len(union)))
+    ux = np.zeros((len(union), d))
+    n = 0
+    for xb in _batches(data, pre, rows, batch):
+        xb64 = xb.astype(np.float64)
+        xu = xb64[:, union]
+        s_u += xu.sum(0)
+        s_x += xb64.sum(0)
+        uu += xu.T @ xu
+        ux += xu.T @ xb64
+        n += len(xb)
+    mu_u, mu_x = s_u / n, s_x / n
+    fits = {}
+    for name, panel in panels.items():
+        sel = np.array([pos[int(g)] for g in panel])
+        cov = uu[np.ix_(sel, sel)] - n * np.outer(mu_u[sel], mu_u[sel])
+        cross = ux[sel] - n * np.outer(mu_u[sel], mu_x)
+        coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
+        intercept = mu_x - mu_u[sel] @ coef
+        fits[name] = LinearFit(np.asarray(panel), coef.astype(np.float32),
+                               intercept.astype(np.float32))
+    return fits
+
+
+def linear_test_mse(
+    data: ExpressionData,
+    pre: Preprocessor,
+    rows: np.ndarray,
+    fits: dict[str, LinearFit],
+    batch: int = 2048,
+) -> dict[str, float]:
+    """Test MSE of each fitted panel regression over ``rows`` (one pass)."""
+    sse = dict.fromkeys(fits, 0.0)
+    for xb in _batches(data, pre, rows, batch):
+        for name, fit in fits.items():
+            sse[name] += float(np.sum(np.square(fit.predict(xb[:, fit.panel]) - xb)))
+    total = len(rows) * data.shape[1]
+    return {name: v / total for name, v in sse.items()}
+
+
+def pca_bound(
+    data: ExpressionData,
+    pre: Preprocessor,
+    train_rows: np.ndarray,
+    test_rows: np.ndarray,
+    k: int,
+    seed: int,
+    max_rows: int = 20000,
+    batch: int = 2048,
+) -> dict[str, float]:
+    """Test MSE of the best rank-``k`` affine reconstruction fitted on training rows.
+
+    PCA is not a panel: it may use every gene, so it bounds what any panel of ``k``
+    genes with a linear decoder can reach. At most ``max_rows`` training rows (a
+    random subset) are used to fit it.
+    """
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng([seed, 7])
+    fit_rows = train_rows
+    if len(fit_rows) > max_rows:
+        fit_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
+    x = np.concatenate(list(_batches(data, pre, fit_rows, batch)))
+    n_comp = int(min(k, x.shape[0], x.shape[1]))
+    pca = PCA(n_components=n_comp, svd_solver="auto", random_state=seed).fit(x)
+    del x
+    sse = 0.0
+    for xb in _batches(data, pre, test_rows, batch):
+        sse += float(np.sum(np.square(pca.inverse_transform(pca.transform(xb)) - xb)))
+    return {"mse": sse / (len(test_rows) * data.shape[1]), "components": n_comp,
+            "fit_rows": len(fit_rows)}
+
+
+def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
+    """``n`` random panels of ``k`` distinct genes out of ``d``."""
+    rng = np.random.default_rng([seed, 11])
+    return [np.sort(rng.choice(d, k, replace=False)) for _ in range(n)]
+
+
+def hvg_panel(
+    data: ExpressionData, pre: Preprocessor, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, str]:
+    """The ``k`` most highly variable genes of the training rows (scanpy).
+
+    The selection uses the per-sample part of the preprocessing (normalise + log1p
+    when chosen), not the per-gene z-score, after which every gene has variance 1.
+    scanpy's ``seurat`` flavour is used on log-scale non-negative data, ``cell_ranger``
+    on other non-negative data, and the plain variance ranking when values are negative.
+    Returns the gene indices and a description of the method.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    row_pre = Preprocessor(kind="log1p" if pre.uses_log1p else "none", target_sum=pre.target_sum)
+    x = np.concatenate(list(_batches(data, row_pre, rows, 4096)))
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0:
+        var = x.var(axis=0)
+        return np.sort(np.argsort(-var, kind="stable")[:k]), "top variance (negative values)"
+    flavor = "seurat" if hi <= 30 else "cell_ranger"
+    adata = ad.AnnData(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sc.pp.highly_variable_genes(adata, n_top_genes=k, flavor=flavor, subset=False)
+        except (ValueError, IndexError):
+            var = x.var(axis=0)
+            return np.sort(np.argsort(-var, kind="stable")[:k]), "top variance (scanpy failed)"
+    norm = adata.var["dispersions_norm"].to_numpy()
+    norm = np.where(np.isfinite(norm), norm, -np.inf)
+    idx = np.argsort(-norm, kind="stable")[:k]
+    return np.sort(idx), f"scanpy highly_variable_genes flavor={flavor}"

@@ -1,0 +1,401 @@
+"""Reading expression matrices (``.h5ad`` and plain HDF5) and writing outputs atomically.
+
+Rows are samples (cells), columns are genes, always: a genes × samples HDF5 matrix is
+transposed on read. Sparse matrices stay sparse (CSR); nothing here makes a dense copy
+of a sparse matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from genepanel.errors import DataError, UsageError
+
+
+@dataclass
+class ExpressionData:
+    """An expression matrix with its gene names.
+
+    Attributes
+    ----------
+    X
+        ``[n_samples, n_genes]`` float32, a NumPy array or a SciPy CSR matrix.
+    genes
+        ``n_genes`` unique, non-empty names.
+    obs
+        Per-sample annotations (may be empty), indexed by sample name.
+    source
+        Human-readable description of where the matrix came from.
+    """
+
+    X: np.ndarray | sp.csr_matrix
+    genes: list[str]
+    obs: pd.DataFrame
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_samples, n_genes)``."""
+        return self.X.shape  # type: ignore[return-value]
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether ``X`` is a sparse CSR matrix."""
+        return sp.issparse(self.X)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray | sp.csr_matrix:
+        """Rows ``idx`` as stored (dense array or CSR), in the order given."""
+        return self.X[idx]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        msg = f"input file {path} not found; check the path"
+        raise DataError(msg)
+    if path.is_dir():
+        msg = f"input {path} is a folder; pass an .h5ad or HDF5 file"
+        raise DataError(msg)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        msg = (
+            f"cannot read {path} as HDF5/.h5ad ({exc.__class__.__name__}); "
+            "genepanel reads .h5ad (AnnData) and HDF5 files"
+        )
+        raise DataError(msg) from exc
+
+
+def _is_anndata(f: h5py.File) -> bool:
+    enc = f.attrs.get("encoding-type", b"")
+    if isinstance(enc, bytes):
+        enc = enc.decode()
+    return enc == "anndata" or ("X" in f and "var" in f and "obs" in f)
+
+
+def read_matrix(
+    path: str | Path,
+    *,
+    layer: str | None = None,
+    gene_column: str | None = None,
+    dataset: str | None = None,
+    genes: str | None = None,
+    genes_by_samples: bool = False,
+) -> ExpressionData:
+    """Read an expression matrix from ``.h5ad`` or plain HDF5 and validate it.
+
+    Parameters
+    ----------
+    path
+        The input file.
+    layer, gene_column
+        AnnData only: a layer instead of ``X``; a ``var`` column with the gene names.
+    dataset, genes, genes_by_samples
+        Plain HDF5 only: the 2-D dataset; the gene names (a dataset in the file or a
+        text file with one name per line); whether the matrix is stored genes × samples.
+
+    Returns
+    -------
+    ExpressionData
+        ``X`` is float32 ``[n_samples, n_genes]``, dense or CSR.
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, missing layer or dataset, non-finite values,
+        duplicate or empty gene names.
+    """
+    path = Path(path)
+    with _open_h5(path) as f:
+        if _is_anndata(f):
+            if dataset is not None or genes_by_samples:
+                msg = (
+                    f"{path} is an .h5ad file: --dataset/--genes-by-samples apply to plain "
+                    "HDF5 only; use --layer and --gene-column instead"
+                )
+                raise UsageError(msg)
+            data = _read_anndata(f, path, layer=layer, gene_column=gene_column)
+        else:
+            if layer is not None or gene_column is not None:
+                msg = (
+                    f"{path} is a plain HDF5 file, not .h5ad: --layer/--gene-column do not "
+                    "apply; use --dataset and --genes"
+                )
+                raise UsageError(msg)
+            data = _read_hdf5(f, path, dataset=dataset, genes=genes, transpose=genes_by_samples)
+    validate_matrix(data)
+    return data
+
+
+def _read_elem(node: Any) -> Any:
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+    return read_elem(node)
+
+
+def _read_anndata(
+    f: h5py.File, path: Path, *, layer: str | None, gene_column: str | None
+) -> ExpressionData:
+    var = _read_elem(f["var"])
+    obs = _read_elem(f["obs"]) if "obs" in f else pd.DataFrame()
+    if layer is None:
+        node = f["X"] if "X" in f else None
+        if node is None:
+            msg = f"{path} has no X matrix; choose a layer with --layer"
+            raise DataError(msg)
+        where = "X"
+    else:
+        layers = list(f["layers"].keys()) if "layers" in f else []
+        if layer not in layers:
+            avail = ", ".join(layers) if layers else "none"
+            msg = f"{path} has no layer '{layer}' (layers: {avail}); pick one or omit --layer"
+            raise DataError(msg)
+        node = f["layers"][layer]
+        where = f"layers/{layer}"
+    X = _read_elem(node)
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        if X.dtype != np.float32:
+            X = X.astype(np.float32)
+    else:
+        X = np.asarray(X)
+        if X.ndim != 2:
+            msg = f"{path}:{where} is not a 2-D matrix (shape {X.shape})"
+            raise DataError(msg)
+        if X.dtype != np.float32:
+            if not np.issubdtype(X.dtype, np.number):
+                msg = f"{path}:{where} holds {X.dtype} values, not numbers"
+                raise DataError(msg)
+            X = X.astype(np.float32)
+    if gene_column is None:
+        names = [str(g) for g in var.index]
+    else:
+        if gene_column not in var.columns:
+            cols = ", ".join(map(str, var.columns)) or "none"
+            msg = f"{path} has no var column '{gene_column}' (columns: {cols})"
+            raise DataError(msg)
+        names = ["" if pd.isna(g) else str(g) for g in var[gene_column]]
+    return ExpressionData(X=X, genes=names, obs=obs, source=f"{path} ({where})")
+
+
+def _datasets(f: h5py.File) -> list[tuple[str, tuple[int, ...]]]:
+    found: list[tuple[str, tuple[int, ...]]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found.append(("/" + name, obj.shape))
+
+    f.visititems(visit)
+    return found
+
+
+def _read_hdf5(
+    f: h5py.File, path: Path, *, dataset: str | None, genes: str | None, transpose: bool
+) -> ExpressionData:
+    all_ds = _datasets(f)
+    if dataset is None:
+        two_d = [name for name, shape in all_ds if len(shape) == 2]
+        if len(two_d) != 1:
+            listing = ", ".join(f"{n} {s}" for n, s in all_ds) or "none"
+            msg = (
+                f"{path} is plain HDF5; name the matrix with --dataset "
+                f"(datasets in the file: {listing})"
+            )
+            raise UsageError(msg)
+        dataset = two_d[0]
+    if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+        listing = ", ".join(n for n, _ in all_ds) or "none"
+        msg = f"{path} has no dataset '{dataset}' (datasets: {listing})"
+        raise DataError(msg)
+    ds = f[dataset]
+    if ds.ndim != 2:
+        msg = f"{path}:{dataset} is not a 2-D matrix (shape {ds.shape}); pass a 2-D dataset"
+        raise DataError(msg)
+    if not np.issubdtype(ds.dtype, np.number):
+        msg = f"{path}:{dataset} holds {ds.dtype} values, not numbers"
+        raise DataError(msg)
+    X = np.asarray(ds[()], dtype=np.float32)
+    if transpose:
+        X = np.ascontiguousarray(X.T)
+    if genes is None:
+        msg = (
+            f"{path} is plain HDF5: give the gene names with --genes (a dataset path in the "
+            "file, or a text file with one name per line)"
+        )
+        raise UsageError(msg)
+    if genes in f:
+        raw = np.asarray(f[genes][()]).ravel()
+        names = [g.decode() if isinstance(g, bytes) else str(g) for g in raw]
+    elif Path(genes).is_file():
+        names = [line.strip() for line in Path(genes).read_text().splitlines() if line.strip()]
+    else:
+        msg = f"--genes {genes!r} is neither a dataset in {path} nor a readable text file"
+        raise DataError(msg)
+    if len(names) != X.shape[1]:
+        hint = " (try --genes-by-samples)" if len(names) == X.shape[0] and not transpose else ""
+        msg = (
+            f"{len(names)} gene names for a matrix with {X.shape[1]} genes "
+            f"(shape {X.shape}, samples × genes){hint}"
+        )
+        raise DataError(msg)
+    obs = pd.DataFrame(index=[f"s{i}" for i in range(X.shape[0])])
+    return ExpressionData(X=X, genes=names, obs=obs, source=f"{path}:{dataset}")
+
+
+def validate_matrix(data: ExpressionData) -> None:
+    """Check gene names and values; raise :class:`DataError` on the first problem."""
+    n, d = data.shape
+    if n == 0 or d == 0:
+        msg = f"{data.source} is empty (shape {n} × {d})"
+        raise DataError(msg)
+    if len(data.genes) != d:
+        msg = f"{len(data.genes)} gene names for {d} genes in {data.source}"
+        raise DataError(msg)
+    empty = [i for i, g in enumerate(data.genes) if not g.strip() or g.lower() == "nan"]
+    if empty:
+        msg = (
+            f"{len(empty)} empty gene name(s) in {data.source} (first at column {empty[0]}); "
+            "choose another name column with --gene-column or fill them in"
+        )
+        raise DataError(msg)
+    counts = pd.Index(data.genes).value_counts()
+    dups = counts[counts > 1]
+    if len(dups):
+        shown = ", ".join(f"{g} ×{c}" for g, c in dups.head(5).items())
+        msg = (
+            f"{len(dups)} duplicate gene name(s) in {data.source} ({shown}); make them unique "
+            "(anndata's var_names_make_unique) or use another column with --gene-column"
+        )
+        raise DataError(msg)
+    values = data.X.data if data.is_sparse else data.X
+    bad = ~np.isfinite(values)
+    if bad.any():
+        n_bad = int(bad.sum())
+        if data.is_sparse:
+            pos = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(data.X.indptr, pos, side="right") - 1)
+            col = int(data.X.indices[pos])
+        else:
+            row, col = (int(v) for v in np.argwhere(bad)[0])
+        msg = (
+            f"{data.source} holds {n_bad} NaN or infinite value(s) (first at sample {row}, "
+            f"gene {data.genes[col]}); impute or remove them before selecting a panel"
+        )
+        raise DataError(msg)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``path`` and move it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=2, default=_json_default)
+        fh.write("\n")
+
+
+def write_tsv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as TSV without its index, atomically."""
+    with atomic_write(path) as fh:
+        frame.to_csv(fh, sep="\t", index=False, float_format="%.6g")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    msg = f"cannot serialise {type(obj).__name__} to JSON"
+    raise TypeError(msg)
+
+
+class OutputDir:
+    """An output folder that appears complete or not at all.
+
+    Everything is written into ``<out>.partial/``; :meth:`commit` renames it to
+    ``<out>``. The staging folder survives an interruption so that a run can resume
+    from its checkpoints there.
+    """
+
+    def __init__(self, out: str | Path, *, overwrite: bool = False, resume: bool = False):
+        self.final = Path(out)
+        self.staging = self.final.with_name(self.final.name + ".partial")
+        self.overwrite = overwrite
+        self.resume = resume
+
+    def check(self) -> None:
+        """Refuse an existing destination or a stale staging folder (before any work)."""
+        if self.final.exists() and not self.overwrite:
+            msg = (
+                f"output folder {self.final} already exists; pass --overwrite to replace it "
+                "or choose another --out"
+            )
+            raise UsageError(msg)
+        if self.staging.exists() and not self.resume and not self.overwrite:
+            msg = (
+                f"an interrupted run left {self.staging}; pass --resume to continue it "
+                "or --overwrite to start again"
+            )
+            raise UsageError(msg)
+        if self.resume and not self.staging.exists():
+            msg = f"--resume: no interrupted run found at {self.staging}; run without --resume"
+            raise UsageError(msg)
+
+    def prepare(self) -> Path:
+        """Check the destination and create the staging folder; return it."""
+        self.check()
+        if self.staging.exists() and not self.resume:
+            shutil.rmtree(self.staging)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self.staging
+
+    def commit(self) -> Path:
+        """Move the staging folder into place (replacing ``out`` with ``--overwrite``)."""
+        ckpt = self.staging / "checkpoints"
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        if self.final.exists():
+            trash = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, trash)
+            os.replace(self.staging, self.final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.staging, self.final)
+        return self.final

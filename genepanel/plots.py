@@ -1,0 +1,38 @@
+"""Figures written next to the results (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from genepanel.io import atomic_write
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    """The paper's Fig. 3 shape: temperature, mean max probability and losses per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [h for h in history if "epoch" in h]
+    ep = np.arange(1, len(rows) + 1)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    ax1.plot(ep, [h["temperature"] for h in rows], color="tab:red", label="temperature")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("temperature", color="tab:red")
+    twin = ax1.twinx()
+    twin.plot(ep, [h["mean_max_prob"] for h in rows], color="black", label="mean max prob")
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("mean of row-max probability")
+    ax2.plot(ep, [h["train_loss"] for h in rows], label="train loss (soft selection)")
+    ax2.plot(ep, [h["val_loss"] for h in rows], label="validation MSE (argmax selection)")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("MSE")
+    ax2.legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)

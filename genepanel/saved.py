@@ -1,0 +1,172 @@
+"""The fitted model folder: decoder weights, gene lists, preprocessing and provenance.
+
+A run folder written by ``genepanel select`` is a model folder: ``model.json`` (format
+version, genes, architecture, preprocessing description, config, seed, versions),
+``decoder.npz`` (trained decoder weights), ``linear.npz`` (the refit linear decoder)
+and ``preprocess.npz`` (fitted per-gene statistics). Everything is checked on load.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from genepanel.data import Preprocessor
+from genepanel.errors import ModelError
+from genepanel.evaluate import LinearFit
+from genepanel.io import atomic_write, write_json
+
+FORMAT = "genepanel-model"
+FORMAT_VERSION = 1
+DECODERS = ("trained", "linear")
+
+
+def versions() -> dict[str, str]:
+    """Versions of genepanel, Python and the numerical stack."""
+    out = {"python": platform.python_version()}
+    for pkg in ("genepanel", "jax", "jaxlib", "flax", "optax", "numpy", "anndata", "scanpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+@dataclass
+class FittedModel:
+    """A decoder that reconstructs every gene from the panel.
+
+    Attributes
+    ----------
+    panel_genes
+        ``[k]`` input genes in node order.
+    genes
+        ``[d]`` output genes (all genes seen at training).
+    panel_index
+        ``[k]`` position of each panel gene in ``genes``.
+    hidden
+        Hidden layer sizes of the trained decoder (empty: linear).
+    params
+        Trained decoder parameters (Flax ``params`` of the decoder).
+    linear
+        The refit unregularised linear regression from the panel.
+    pre
+        The fitted preprocessing, applied before the decoder.
+    meta
+        Everything else from ``model.json`` (config, seed, versions, metrics).
+    """
+
+    panel_genes: list[str]
+    genes: list[str]
+    panel_index: np.ndarray
+    hidden: tuple[int, ...]
+    params: dict
+    linear: LinearFit
+    pre: Preprocessor
+    meta: dict[str, Any]
+
+    def predict(self, panel_values: np.ndarray, decoder: str = "trained") -> np.ndarray:
+        """Reconstruct preprocessed ``[b, d]`` from preprocessed panel values ``[b, k]``."""
+        if decoder == "linear":
+            return self.linear.predict(np.asarray(panel_values, np.float32))
+        import jax.numpy as jnp
+
+        from genepanel.model import decoder_apply
+
+        out = decoder_apply(self.params, jnp.asarray(panel_values, jnp.float32),
+                            len(self.genes), self.hidden)
+        return np.asarray(out)
+
+
+def save_model(folder: Path, model: FittedModel) -> None:
+    """Write ``model`` into ``folder`` (each file atomically)."""
+    flat = traverse_util.flatten_dict(model.params, sep="/")
+    with atomic_write(folder / "decoder.npz", "wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in flat.items()})
+    with atomic_write(folder / "linear.npz", "wb") as fh:
+        np.savez(fh, coef=model.linear.coef, intercept=model.linear.intercept)
+    with atomic_write(folder / "preprocess.npz", "wb") as fh:
+        np.savez(fh, **model.pre.arrays())
+    write_json(
+        folder / "model.json",
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "panel_genes": model.panel_genes,
+            "genes": model.genes,
+            "panel_index": [int(i) for i in model.panel_index],
+            "decoder": {"hidden": list(model.hidden), "activation": "leaky_relu(0.2)"},
+            "preprocess": model.pre.to_dict(),
+            **model.meta,
+        },
+    )
+
+
+def load_model(folder: str | Path) -> FittedModel:
+    """Read and check a model folder written by ``genepanel select``.
+
+    Raises
+    ------
+    ModelError
+        Missing folder or files, another format, or a newer format version.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        msg = f"model folder {folder} not found; pass the --out folder of a genepanel select run"
+        raise ModelError(msg)
+    missing = [f for f in ("model.json", "decoder.npz", "linear.npz", "preprocess.npz")
+               if not (folder / f).is_file()]
+    if missing:
+        msg = (
+            f"{folder} is not a complete genepanel model folder (missing {', '.join(missing)}); "
+            "rerun genepanel select"
+        )
+        raise ModelError(msg)
+    try:
+        spec = json.loads((folder / "model.json").read_text())
+    except json.JSONDecodeError as exc:
+        msg = f"{folder}/model.json is not valid JSON ({exc.msg}); rerun genepanel select"
+        raise ModelError(msg) from exc
+    if spec.get("format") != FORMAT:
+        msg = f"{folder}/model.json is not a genepanel model (format {spec.get('format')!r})"
+        raise ModelError(msg)
+    if spec.get("format_version") != FORMAT_VERSION:
+        msg = (
+            f"{folder} was written in model format {spec.get('format_version')} by genepanel "
+            f"{spec.get('versions', {}).get('genepanel', '?')}; this genepanel reads format "
+            f"{FORMAT_VERSION}: use a matching genepanel version or rerun select"
+        )
+        raise ModelError(msg)
+    with np.load(folder / "decoder.npz") as z:
+        params = traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep="/")
+    with np.load(folder / "linear.npz") as z:
+        coef, intercept = z["coef"], z["intercept"]
+    with np.load(folder / "preprocess.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    genes = list(spec["genes"])
+    panel_index = np.asarray(spec["panel_index"], np.int64)
+    if [genes[i] for i in panel_index] != list(spec["panel_genes"]):
+        msg = f"{folder}/model.json is inconsistent (panel genes do not match their indices)"
+        raise ModelError(msg)
+    if coef.shape != (len(panel_index), len(genes)):
+        msg = f"{folder}/linear.npz has shape {coef.shape}, expected {(len(panel_index), len(genes))}"
+        raise ModelError(msg)
+    meta = {k: v for k, v in spec.items()
+            if k not in {"panel_genes", "genes", "panel_index", "decoder", "preprocess"}}
+    return FittedModel(
+        panel_genes=list(spec["panel_genes"]),
+        genes=genes,
+        panel_index=panel_index,
+        hidden=tuple(spec["decoder"]["hidden"]),
+        params=params,
+        linear=LinearFit(panel_index, coef, intercept),
+        pre=Preprocessor.from_saved(spec["preprocess"], arrays),
+        meta=meta,
+    )

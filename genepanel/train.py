@@ -1,0 +1,439 @@
+"""Training: state, pure jit-compiled step functions, the fit loop, annealing and stopping.
+
+Python owns the loop, logging, checkpoints and the stopping rule; every numerical step
+is a pure function compiled once. Randomness is explicit: the Gumbel noise of step
+``s`` is drawn from ``fold_in(key(seed), s)`` and the rows of epoch ``e`` come from a
+NumPy generator seeded with ``(seed, attempt, e)``, so a resumed run replays an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from genepanel.config import TrainConfig
+from genepanel.data import Preprocessor
+from genepanel.errors import GenepanelError
+from genepanel.io import ExpressionData, atomic_write
+from genepanel.model import ConcreteAutoencoder
+from genepanel.runtime import batch_sharded, check_batch_size, replicated
+
+State = dict[str, Any]
+
+
+class Interrupted(GenepanelError):  # noqa: N818 - reads better at the call site
+    """Training stopped by SIGINT/SIGTERM after a checkpoint was written."""
+
+    exit_code = 130
+
+
+def temperature(epoch: int | np.ndarray, t0: float, tb: float, epochs: int) -> np.ndarray:
+    """Exponential annealing ``T(e) = T0 · (TB/T0)^(e/E)`` (the paper's schedule)."""
+    return np.float32(t0 * (tb / t0) ** (np.asarray(epoch, np.float64) / epochs))
+
+
+# --------------------------------------------------------------------------- row sources
+
+
+class RowSource:
+    """Preprocessed rows of one part of the split, dense on demand.
+
+    When ``materialize`` is set the whole part is preprocessed once into a dense
+    array (the fast path); otherwise each batch is read and preprocessed when asked
+    for, so a sparse matrix is densified one minibatch at a time.
+    """
+
+    def __init__(
+        self,
+        data: ExpressionData,
+        pre: Preprocessor,
+        rows: np.ndarray,
+        *,
+        materialize: bool,
+    ):
+        self.data, self.pre, self.rows = data, pre, np.asarray(rows)
+        self.dense: np.ndarray | None = None
+        if materialize:
+            out = np.empty((len(rows), data.shape[1]), np.float32)
+            for i in range(0, len(rows), 4096):
+                out[i : i + 4096] = pre.transform(data.rows(self.rows[i : i + 4096]))
+            self.dense = out
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return len(self.rows)
+
+    def batch(self, positions: np.ndarray) -> np.ndarray:
+        """Dense preprocessed ``[len(positions), d]`` rows at ``positions`` (into ``rows``)."""
+        if self.dense is not None:
+            return self.dense[positions]
+        order = np.argsort(positions, kind="stable")
+        sorted_rows = self.rows[positions[order]]
+        block = self.pre.transform(self.data.rows(sorted_rows))
+        out = np.empty_like(block)
+        out[order] = block
+        return out
+
+
+def _prefetch(it: Iterator[Any], size: int = 2) -> Iterator[Any]:
+    """Run ``it`` in a background thread, ``size`` items ahead."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+
+    def worker() -> None:
+        try:
+            for item in it:
+                q.put(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+        q.put(done)
+
+    threading.Thread(target=worker, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    params: dict
+    history: list[dict[str, float]]
+    converged: bool
+    stop_epoch: int | None
+    epochs_run: int
+    collisions: int
+    attempts: int
+    path: str
+    batch_size: int
+    steps_per_epoch: int
+    n_devices: int
+    compilations: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Holds the model, the optimiser and the compiled step functions for one shape."""
+
+    def __init__(
+        self, k: int, d: int, hidden: tuple[int, ...], cfg: TrainConfig, seed: int, mesh: Mesh
+    ):
+        self.k, self.d, self.hidden, self.cfg, self.seed, self.mesh = k, d, hidden, cfg, seed, mesh
+        self.model = ConcreteAutoencoder(k, d, hidden)
+        self.tx = optax.adam(cfg.learning_rate)
+        self.n_devices = mesh.devices.size
+        rep, bsh = replicated(mesh), batch_sharded(mesh)
+        self._rep, self._bsh = rep, bsh
+        self.step_fn = jax.jit(
+            self._step, in_shardings=(rep, bsh, rep, rep), out_shardings=(rep, rep),
+            donate_argnums=0,
+        )
+        self.epoch_fn = jax.jit(
+            self._epoch, in_shardings=(rep, rep, rep, rep, rep), out_shardings=(rep, rep),
+            donate_argnums=0,
+        )
+        self.sse_fn = jax.jit(self._sse, in_shardings=(rep, bsh, rep, bsh), out_shardings=rep)
+        self.stats_fn = jax.jit(self._stats)
+        self.resolve_fn = jax.jit(self._resolve)
+
+    # ---- pure functions -------------------------------------------------------------
+
+    def init_state(self, attempt: int = 0) -> State:
+        """Fresh parameters and optimiser state (replicated)."""
+        key = jax.random.fold_in(jax.random.key(self.seed), 1000 + attempt)
+        x0 = jnp.zeros((1, self.d), jnp.float32)
+        params = self.model.init(key, x0, jnp.float32(1.0), key)["params"]
+        state = {"params": params, "opt": self.tx.init(params), "step": jnp.int32(0)}
+        return jax.device_put(state, self._rep)
+
+    def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
+        recon = self.model.apply({"params": params}, xb, temp, key)
+        return jnp.mean(jnp.square(recon - xb))
+
+    def _step(
+        self, state: State, xb: jax.Array, temp: jax.Array, base_key: jax.Array
+    ) -> tuple[State, jax.Array]:
+        key = jax.random.fold_in(base_key, state["step"])
+        loss, grads = jax.value_and_grad(self._loss)(state["params"], xb, temp, key)
+        updates, opt = self.tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt": opt, "step": state["step"] + 1}, loss
+
+    def _epoch(
+        self, state: State, X: jax.Array, perm: jax.Array, temp: jax.Array, base_key: jax.Array
+    ) -> tuple[State, jax.Array]:
+        def body(st: State, idx: jax.Array) -> tuple[State, jax.Array]:
+            xb = jax.lax.with_sharding_constraint(X[idx], self._bsh)
+            return self._step(st, xb, temp, base_key)
+
+        state, losses = jax.lax.scan(body, state, perm)
+        return state, jnp.mean(losses)
+
+    def _sse(self, params: dict, xb: jax.Array, sel: jax.Array, mask: jax.Array) -> jax.Array:
+        """Summed squared error of the test-time model (hard selection ``sel``)."""
+        recon = self.model.apply({"params": params}, xb[:, sel], method=ConcreteAutoencoder.decode)
+        return jnp.sum(jnp.square(recon - xb) * mask[:, None])
+
+    @staticmethod
+    def _stats(logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        probs = jax.nn.softmax(logits, axis=-1)
+        return jnp.mean(jnp.max(probs, axis=-1)), jnp.argmax(probs, axis=-1), jnp.max(probs, -1)
+
+    @staticmethod
+    def _resolve(logits: jax.Array, threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Push every node that collides with a more confident node to re-explore.
+
+        A node whose argmax gene is also the argmax of a more confident node (ties go
+        to the lower index), and whose own maximum probability exceeds ``threshold``,
+        has its logit on that gene set to its row minimum: the gene is left to the
+        other node and this node's mass moves to its next candidates.
+        """
+        probs = jax.nn.softmax(logits, axis=-1)
+        top = jnp.argmax(probs, axis=-1)
+        pmax = jnp.max(probs, axis=-1)
+        idx = jnp.arange(logits.shape[0])
+        same = top[:, None] == top[None, :]
+        stronger = (pmax[None, :] > pmax[:, None]) | (
+            (pmax[None, :] == pmax[:, None]) & (idx[None, :] < idx[:, None])
+        )
+        loser = jnp.any(same & stronger, axis=1) & (pmax > threshold)
+        hit = jax.nn.one_hot(top, logits.shape[1], dtype=bool) & loser[:, None]
+        row_min = jnp.min(logits, axis=-1, keepdims=True)
+        return jnp.where(hit, row_min, logits), jnp.sum(loser)
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def selection(self, params: dict) -> tuple[float, np.ndarray, np.ndarray]:
+        """(mean row-max probability, argmax gene per node, row-max probability per node)."""
+        mean_max, top, pmax = self.stats_fn(params["selector"]["logits"])
+        return float(mean_max), np.asarray(top), np.asarray(pmax)
+
+    def sse(self, params: dict, source: RowSource, sel: np.ndarray, chunk: int) -> float:
+        """Mean squared error of the hard-selection model over ``source``."""
+        total = 0.0
+        sel_dev = jax.device_put(np.asarray(sel, np.int32), self._rep)
+        for start in range(0, source.n, chunk):
+            pos = np.arange(start, min(start + chunk, source.n))
+            xb = source.batch(pos)
+            mask = np.zeros(chunk, np.float32)
+            mask[: len(pos)] = 1.0
+            if len(pos) < chunk:
+                xb = np.concatenate([xb, np.zeros((chunk - len(pos), self.d), np.float32)])
+            total += float(self.sse_fn(params, xb, sel_dev, mask))
+        return total / (source.n * self.d)
+
+
+def _eval_chunk(n: int, n_devices: int, cap: int = 2048) -> int:
+    c = min(cap, max(n, 1))
+    return ((c + n_devices - 1) // n_devices) * n_devices
+
+
+def effective_batch_size(requested: int, n_train: int, n_devices: int) -> int:
+    """The global batch: ``requested``, or all training rows when fewer (rounded to devices)."""
+    if requested <= n_train:
+        check_batch_size(requested, n_devices)
+        return requested
+    b = (n_train // n_devices) * n_devices
+    if b < n_devices:
+        check_batch_size(n_train, n_devices)
+    return b
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: State, meta: dict[str, Any]) -> None:
+    """Write ``state`` and ``meta`` to ``path`` atomically (msgpack)."""
+    host = jax.device_get(state)
+    payload = {"state": flax.serialization.to_state_dict(host), "meta": meta}
+    with atomic_write(path, "wb") as fh:
+        fh.write(flax.serialization.msgpack_serialize(payload))
+
+
+def load_checkpoint(path: Path, template: State) -> tuple[State, dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``template``."""
+    payload = flax.serialization.msgpack_restore(path.read_bytes())
+    state = flax.serialization.from_state_dict(jax.device_get(template), payload["state"])
+    return state, payload["meta"]
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[dict[str, Any]]:
+    """Turn SIGINT/SIGTERM into a flag checked between epochs (a second SIGINT aborts)."""
+    flag: dict[str, Any] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        del frame
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- fit loop
+
+
+def fit(
+    trainer: Trainer,
+    train: RowSource,
+    val: RowSource | None,
+    *,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+) -> FitResult:
+    """Train until the selection converges or the epoch cap; see :class:`TrainConfig`.
+
+    ``stop_after_epochs`` (testing aid) interrupts the run after that many epochs, as
+    a SIGTERM would, leaving a checkpoint to resume from.
+    """
+    cfg = trainer.cfg
+    n_dev = trainer.n_devices
+    batch = effective_batch_size(cfg.batch_size, train.n, n_dev)
+    steps = train.n // batch
+    on_device = train.dense is not None
+    base_key = jax.device_put(jax.random.key(trainer.seed), trainer._rep)
+    if on_device:
+        X_dev = jax.device_put(train.dense, trainer._rep)
+    chunk = _eval_chunk(val.n if val is not None else 1, n_dev)
+    thr = jnp.float32(cfg.collision_threshold)
+
+    attempt, epoch, history, collisions = 0, 0, [], 0
+    max_epochs = cfg.max_epochs
+    state = trainer.init_state(attempt)
+    if resume and checkpoint is not None and checkpoint.exists():
+        state, meta = load_checkpoint(checkpoint, state)
+        state = jax.device_put(state, trainer._rep)
+        attempt, epoch, history = meta["attempt"], meta["epoch"], meta["history"]
+        collisions, max_epochs = meta["collisions"], meta["max_epochs"]
+
+    def save() -> None:
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                state,
+                {"attempt": attempt, "epoch": epoch, "history": history,
+                 "collisions": collisions, "max_epochs": max_epochs},
+            )
+
+    t_start = time.perf_counter()
+    converged, stop_epoch = False, None
+    with _stop_signals() as stop:
+        while True:
+            while epoch < max_epochs:
+                t_epoch = time.perf_counter()
+                temp = temperature(epoch, cfg.t0, cfg.tb, max_epochs)
+                rng = np.random.default_rng([trainer.seed, attempt, epoch])
+                perm = rng.permutation(train.n)[: steps * batch].reshape(steps, batch)
+                if on_device:
+                    state, loss = trainer.epoch_fn(
+                        state, X_dev, perm.astype(np.int32), temp, base_key
+                    )
+                else:
+                    losses = []
+                    batches = _prefetch(train.batch(p) for p in perm)
+                    for xb in batches:
+                        state, loss_s = trainer.step_fn(state, xb, temp, base_key)
+                        losses.append(loss_s)
+                    loss = jnp.mean(jnp.stack(losses))
+                logits, n_coll = trainer.resolve_fn(state["params"]["selector"]["logits"], thr)
+                state["params"]["selector"]["logits"] = logits
+                n_coll = int(n_coll)
+                collisions += n_coll
+                mean_max, top, _ = trainer.selection(state["params"])
+                record = {
+                    "epoch": epoch + 1,
+                    "temperature": float(temp),
+                    "mean_max_prob": mean_max,
+                    "train_loss": float(loss),
+                    "val_loss": (
+                        trainer.sse(state["params"], val, top, chunk)
+                        if val is not None and val.n
+                        else float("nan")
+                    ),
+                    "collisions": n_coll,
+                    "unique_genes": int(len(np.unique(top))),
+                    "seconds": time.perf_counter() - t_epoch,
+                }
+                history.append(record)
+                epoch += 1
+                if on_epoch is not None:
+                    on_epoch(record)
+                if mean_max > cfg.stop_threshold and n_coll == 0:
+                    converged, stop_epoch = True, epoch
+                    break
+                if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+                    save()
+                if stop["signal"] is not None or (
+                    stop_after_epochs is not None and len(history) >= stop_after_epochs
+                ):
+                    save()
+                    where = f"; resume with --resume ({checkpoint})" if checkpoint else ""
+                    msg = f"interrupted after epoch {epoch}{where}"
+                    raise Interrupted(msg)
+            if converged or not cfg.retry_unconverged or attempt >= cfg.max_retries:
+                break
+            attempt += 1
+            max_epochs *= 2
+            epoch = 0
+            state = trainer.init_state(attempt)
+            if on_epoch is not None:
+                on_epoch({"restart": attempt, "max_epochs": max_epochs})
+
+    compilations = {
+        "epoch": trainer.epoch_fn._cache_size(),
+        "step": trainer.step_fn._cache_size(),
+        "eval": trainer.sse_fn._cache_size(),
+    }
+    return FitResult(
+        params=jax.device_get(state["params"]),
+        history=history,
+        converged=converged,
+        stop_epoch=stop_epoch,
+        epochs_run=len(history),
+        collisions=collisions,
+        attempts=attempt + 1,
+        path="device" if on_device else "streamed",
+        batch_size=batch,
+        steps_per_epoch=steps,
+        n_devices=n_dev,
+        compilations=compilations,
+        seconds=time.perf_counter() - t_start,
+    )
