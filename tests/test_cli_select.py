@@ -1,0 +1,125 @@
+"""The ``genepanel select`` command: outputs, config handling and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from genepanel.cli import app
+
+runner = CliRunner()
+FAST = ["--epochs", "30", "--batch-size", "32", "--lr", "0.01", "--seed", "1", "-q"]
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(result, code, pattern):
+    assert result.exit_code == code, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    assert pattern in lines[0], lines[0]
+
+
+def test_select_writes_every_output(planted_h5ad, tmp_path):
+    path, _ = planted_h5ad
+    out = tmp_path / "run"
+    res = _run("select", path, "--k", 5, "--out", out, *FAST)
+    assert res.exit_code == 0, res.output
+    panel = pd.read_csv(out / "panel.tsv", sep="\t")
+    assert list(panel.columns[:3]) == ["gene", "node", "probability"]
+    assert len(panel) == 5 and panel["gene"].is_unique
+    groups = pd.read_csv(out / "groups.tsv", sep="\t")
+    assert (groups.groupby("node").size() == 3).all()
+    assert groups.loc[groups["selected"], "gene"].tolist() == panel["gene"].tolist()
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"]["n_samples"] == 500 and run["training"]["epochs_run"] <= 30
+    for key in ("linear_refit_test_mse", "trained_decoder_test_mse", "hvg_panel_test_mse",
+                "pca_bound_test_mse", "random_panel_test_mse"):
+        assert key in run["metrics"]
+    hist = pd.read_csv(out / "history.tsv", sep="\t")
+    assert {"temperature", "mean_max_prob", "train_loss", "val_loss"} <= set(hist.columns)
+    assert hist["temperature"].is_monotonic_decreasing
+    assert (out / "history.png").stat().st_size > 1000
+    model = json.loads((out / "model.json").read_text())
+    assert model["panel_genes"] == panel["gene"].tolist()
+    assert model["preprocess"]["kind"] == "none" and model["seed"] == 1
+    assert "jax" in model["versions"]
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_config_file_and_flags_override(planted_h5ad, tmp_path):
+    path, _ = planted_h5ad
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("k: 4\npreprocess: standardize\ntrain:\n  max_epochs: 5\n  batch_size: 16\n")
+    out = tmp_path / "run"
+    res = _run("select", path, "--config", cfg, "--out", out, "--epochs", 7, "-q",
+               "--no-baselines")
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["k"] == 4 and run["config"]["preprocess"] == "standardize"
+    assert run["config"]["train"]["max_epochs"] == 7 and run["config"]["train"]["batch_size"] == 16
+    assert "hvg_panel_test_mse" not in run["metrics"]
+
+
+def test_existing_output_is_refused_then_overwritten(planted_h5ad, tmp_path):
+    path, _ = planted_h5ad
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _one_line_error(_run("select", path, "--k", 3, "--out", out, *FAST), 2, "already exists")
+    assert (out / "keep.txt").read_text() == "mine"
+    res = _run("select", path, "--k", 3, "--out", out, *FAST, "--overwrite", "--no-baselines")
+    assert res.exit_code == 0, res.output
+    assert not (out / "keep.txt").exists() and (out / "panel.tsv").exists()
+
+
+def test_bad_inputs_give_one_line_and_exit_code(tmp_path, planted_h5ad):
+    path, _ = planted_h5ad
+    out = tmp_path / "o"
+    _one_line_error(_run("select", tmp_path / "none.h5ad", "--out", out), 1, "not found")
+    _one_line_error(_run("select", path, "--k", 0, "--out", out), 2, "--k must be")
+    _one_line_error(_run("select", path, "--k", 50, "--out", out), 2, "smaller than the number")
+    _one_line_error(_run("select", path, "--layer", "x", "--out", out), 1, "no layer 'x'")
+    _one_line_error(_run("select", path, "--preprocess", "zscore", "--out", out), 2,
+                    "--preprocess must be one of")
+    _one_line_error(_run("select", path, "--batch-size", 0, "--out", out), 2, "--batch-size")
+    bad_cfg = tmp_path / "c.yaml"
+    bad_cfg.write_text("train:\n  epochs: 3\n")
+    _one_line_error(_run("select", path, "--config", bad_cfg, "--out", out), 2,
+                    "unknown config key(s) train.epochs")
+    tiny = tmp_path / "tiny.h5ad"
+    a = ad.AnnData(np.ones((2, 6), np.float32))
+    a.var_names = [f"g{i}" for i in range(6)]
+    a.write_h5ad(tiny)
+    _one_line_error(_run("select", tiny, "--k", 2, "--out", out), 1, "too few")
+    assert not out.exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_input_file_is_not_modified(planted_h5ad, tmp_path):
+    path, _ = planted_h5ad
+    before = path.read_bytes()
+    res = _run("select", path, "--k", 3, "--out", tmp_path / "r", "--preprocess",
+               "standardize", *FAST, "--no-baselines")
+    assert res.exit_code == 0, res.output
+    assert path.read_bytes() == before
+
+
+def test_verbose_shows_traceback(tmp_path):
+    res = _run("select", tmp_path / "none.h5ad", "--out", tmp_path / "o", "-v")
+    assert res.exit_code == 1
+    assert "Traceback" in res.stderr
+
+
+@pytest.mark.parametrize("flag", ["--resume"])
+def test_resume_without_partial_run(planted_h5ad, tmp_path, flag):
+    path, _ = planted_h5ad
+    _one_line_error(_run("select", path, "--out", tmp_path / "o", flag), 2, "no interrupted run")
