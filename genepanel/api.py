@@ -98,15 +98,21 @@ def select_panel(
         raise UsageError(msg)
     split = make_split(n, cfg.split, cfg.seed, data.obs)
 
-    staging = outdir.prepare() if outdir is not None else None
+    main = is_main_process()
+    staging = None
+    if outdir is not None:
+        # Only process 0 writes; the others train alongside it and write nothing.
+        staging = outdir.prepare() if main else outdir.staging
     ckpt = staging / "checkpoints" / "state.msgpack" if staging is not None else None
-    if staging is not None:
+    if staging is not None and main:
         _check_resume_config(staging, cfg, resume)
 
     t = time.perf_counter()
     pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(data, split.train)
     budget = cfg.train.device_memory_budget_gb * 2**30
-    materialize = len(split.train) * d * 4 <= budget
+    # Fast path: the training matrix lives on the device. Several processes stream
+    # instead, each reading only its own rows of every minibatch.
+    materialize = len(split.train) * d * 4 <= budget and jax.process_count() == 1
     train_src = RowSource(data, pre, split.train, materialize=materialize)
     val_src = RowSource(data, pre, split.val, materialize=materialize) if len(split.val) else None
     test_src = RowSource(data, pre, split.test, materialize=False)
@@ -170,7 +176,7 @@ def select_panel(
     sel = SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
                        fit=result, metrics=metrics, run=run, split=split, model=model,
                        timings=timings)
-    if outdir is not None and is_main_process():
+    if outdir is not None and main:
         write_tsv(staging / "panel.tsv", table)
         write_tsv(staging / "groups.tsv", groups)
         write_tsv(staging / "history.tsv", pd.DataFrame([h for h in result.history if "epoch" in h]))

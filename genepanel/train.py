@@ -167,11 +167,14 @@ class Trainer:
 
     def init_state(self, attempt: int = 0) -> State:
         """Fresh parameters and optimiser state (replicated)."""
-        key = jax.random.fold_in(jax.random.key(self.seed), 1000 + attempt)
-        x0 = jnp.zeros((1, self.d), jnp.float32)
-        params = self.model.init(key, x0, jnp.float32(1.0), key)["params"]
-        state = {"params": params, "opt": self.tx.init(params), "step": jnp.int32(0)}
-        return jax.device_put(state, self._rep)
+        def init() -> State:
+            key = jax.random.fold_in(jax.random.key(self.seed), 1000 + attempt)
+            x0 = jnp.zeros((1, self.d), jnp.float32)
+            params = self.model.init(key, x0, jnp.float32(1.0), key)["params"]
+            return {"params": params, "opt": self.tx.init(params), "step": jnp.int32(0)}
+
+        # Built by a jitted function so that every process gets the same replicated state.
+        return jax.jit(init, out_shardings=self._rep)()
 
     def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
         recon = self.model.apply({"params": params}, xb, temp, key)
@@ -235,19 +238,50 @@ class Trainer:
         mean_max, top, pmax = self.stats_fn(params["selector"]["logits"])
         return float(mean_max), np.asarray(top), np.asarray(pmax)
 
+    def global_batch(self, source: RowSource, positions: np.ndarray) -> np.ndarray | jax.Array:
+        """The minibatch at ``positions``, sharded over the mesh.
+
+        In a single process this is the host array (``jit`` shards it). With several
+        processes every process computes the same ``positions`` and reads only its own
+        contiguous slice of them; the slices form one global array.
+        """
+        n_proc = jax.process_count()
+        if n_proc == 1:
+            return source.batch(positions)
+        local = len(positions) // n_proc
+        mine = positions[jax.process_index() * local : (jax.process_index() + 1) * local]
+        return jax.make_array_from_process_local_data(self._bsh, source.batch(mine))
+
     def sse(self, params: dict, source: RowSource, sel: np.ndarray, chunk: int) -> float:
         """Mean squared error of the hard-selection model over ``source``."""
         total = 0.0
-        sel_dev = jax.device_put(np.asarray(sel, np.int32), self._rep)
+        sel_dev = np.asarray(sel, np.int32)
+        padded = _Padded(source, chunk, self.d)
         for start in range(0, source.n, chunk):
-            pos = np.arange(start, min(start + chunk, source.n))
-            xb = source.batch(pos)
-            mask = np.zeros(chunk, np.float32)
-            mask[: len(pos)] = 1.0
-            if len(pos) < chunk:
-                xb = np.concatenate([xb, np.zeros((chunk - len(pos), self.d), np.float32)])
+            pos = np.arange(start, start + chunk)
+            xb = self.global_batch(padded, pos)
+            mask = self.global_batch(padded.mask_source(), pos)
             total += float(self.sse_fn(params, xb, sel_dev, mask))
         return total / (source.n * self.d)
+
+
+class _Padded:
+    """A row source padded with zero rows (and a 0/1 mask source) to whole chunks."""
+
+    def __init__(self, source: RowSource, chunk: int, d: int, mask: bool = False):  # noqa: FBT001, FBT002
+        self.source, self.chunk, self.d, self.mask = source, chunk, d, mask
+
+    def mask_source(self) -> _Padded:
+        return _Padded(self.source, self.chunk, self.d, mask=True)
+
+    def batch(self, positions: np.ndarray) -> np.ndarray:
+        real = positions[positions < self.source.n]
+        if self.mask:
+            return (positions < self.source.n).astype(np.float32)
+        out = np.zeros((len(positions), self.d), np.float32)
+        if len(real):
+            out[: len(real)] = self.source.batch(real)
+        return out
 
 
 def _eval_chunk(n: int, n_devices: int, cap: int = 2048) -> int:
@@ -328,8 +362,8 @@ def fit(
     n_dev = trainer.n_devices
     batch = effective_batch_size(cfg.batch_size, train.n, n_dev)
     steps = train.n // batch
-    on_device = train.dense is not None
-    base_key = jax.device_put(jax.random.key(trainer.seed), trainer._rep)
+    on_device = train.dense is not None and jax.process_count() == 1
+    base_key = jax.random.key(trainer.seed)
     if on_device:
         X_dev = jax.device_put(train.dense, trainer._rep)
     chunk = _eval_chunk(val.n if val is not None else 1, n_dev)
@@ -340,12 +374,12 @@ def fit(
     state = trainer.init_state(attempt)
     if resume and checkpoint is not None and checkpoint.exists():
         state, meta = load_checkpoint(checkpoint, state)
-        state = jax.device_put(state, trainer._rep)
+        state = jax.jit(lambda st: st, out_shardings=trainer._rep)(state)
         attempt, epoch, history = meta["attempt"], meta["epoch"], meta["history"]
         collisions, max_epochs = meta["collisions"], meta["max_epochs"]
 
     def save() -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and jax.process_index() == 0:
             save_checkpoint(
                 checkpoint,
                 state,
@@ -368,7 +402,7 @@ def fit(
                     )
                 else:
                     losses = []
-                    batches = _prefetch(train.batch(p) for p in perm)
+                    batches = _prefetch(trainer.global_batch(train, p) for p in perm)
                     for xb in batches:
                         state, loss_s = trainer.step_fn(state, xb, temp, base_key)
                         losses.append(loss_s)

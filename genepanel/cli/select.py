@@ -45,6 +45,11 @@ def select(
     baselines: bool = typer.Option(
         True, "--baselines/--no-baselines", help="Score random/HVG panels and the PCA bound."
     ),
+    coordinator: str | None = typer.Option(
+        None, help="Multi-process: HOST:PORT of process 0 (SLURM is detected without flags)."
+    ),
+    num_processes: int | None = typer.Option(None, help="Multi-process: number of processes."),
+    process_id: int | None = typer.Option(None, help="Multi-process: index of this process."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
 ) -> None:
@@ -64,6 +69,9 @@ def select(
 
     def work() -> None:
         from genepanel import config as cfgmod
+        from genepanel.runtime import is_main_process, maybe_initialize_distributed
+
+        maybe_initialize_distributed(coordinator, num_processes, process_id)
 
         base = cfgmod.load_yaml(config) if config is not None else {}
         if hidden is not None and decoder is None and "model" not in base:
@@ -75,12 +83,14 @@ def select(
 
         from genepanel.api import select_panel
 
-        reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet)
+        reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet and is_main_process())
         try:
             res = select_panel(data, cfg, out, overwrite=overwrite, resume=resume,
                                on_epoch=reporter, evaluate_baselines=baselines)
         finally:
             reporter.close()
+        if not is_main_process():
+            return
         m, tr = res.metrics, res.run["training"]
         state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
                  else f"not converged after {tr['epochs_run']} epochs")
