@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 from genepanel.data import Preprocessor
 from genepanel.io import ExpressionData
@@ -113,21 +114,28 @@ def pca_bound(
     genes with a linear decoder can reach. At most ``max_rows`` training rows (a
     random subset) are used to fit it.
     """
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA, IncrementalPCA
 
     rng = np.random.default_rng([seed, 7])
     fit_rows = train_rows
     if len(fit_rows) > max_rows:
         fit_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
-    x = np.concatenate(list(_batches(data, pre, fit_rows, batch)))
-    n_comp = int(min(k, x.shape[0], x.shape[1]))
-    pca = PCA(n_components=n_comp, svd_solver="auto", random_state=seed).fit(x)
-    del x
+    d = data.shape[1]
+    n_comp = int(min(k, len(fit_rows), d))
+    if len(fit_rows) * d * 4 <= 2**30:
+        x = np.concatenate(list(_batches(data, pre, fit_rows, batch)))
+        pca = PCA(n_components=n_comp, random_state=seed).fit(x)
+        del x
+    else:  # streamed: memory stays at one batch plus the components
+        step = max(batch, n_comp)
+        pca = IncrementalPCA(n_components=n_comp, batch_size=step)
+        for xb in _batches(data, pre, fit_rows, step):
+            if len(xb) >= n_comp:
+                pca.partial_fit(xb)
     sse = 0.0
     for xb in _batches(data, pre, test_rows, batch):
         sse += float(np.sum(np.square(pca.inverse_transform(pca.transform(xb)) - xb)))
-    return {"mse": sse / (len(test_rows) * data.shape[1]), "components": n_comp,
-            "fit_rows": len(fit_rows)}
+    return {"mse": sse / (len(test_rows) * d), "components": n_comp, "fit_rows": len(fit_rows)}
 
 
 def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
@@ -151,10 +159,12 @@ def hvg_panel(
     import scanpy as sc
 
     row_pre = Preprocessor(kind="log1p" if pre.uses_log1p else "none", target_sum=pre.target_sum)
-    x = np.concatenate(list(_batches(data, row_pre, rows, 4096)))
-    lo, hi = float(x.min()), float(x.max())
+    # Sparse input stays sparse here: scanpy computes dispersions on CSR directly.
+    x = _row_transformed(data, row_pre, rows)
+    values = x.data if sp.issparse(x) else x
+    lo, hi = float(values.min(initial=0.0)), float(values.max(initial=0.0))
     if lo < 0:
-        var = x.var(axis=0)
+        var = np.asarray(x.var(axis=0)).ravel()
         return np.sort(np.argsort(-var, kind="stable")[:k]), "top variance (negative values)"
     flavor = "seurat" if hi <= 30 else "cell_ranger"
     adata = ad.AnnData(x)
@@ -163,9 +173,25 @@ def hvg_panel(
         try:
             sc.pp.highly_variable_genes(adata, n_top_genes=k, flavor=flavor, subset=False)
         except (ValueError, IndexError):
-            var = x.var(axis=0)
+            var = np.asarray(x.var(axis=0) if not sp.issparse(x) else
+                             x.multiply(x).mean(0) - np.square(x.mean(0))).ravel()
             return np.sort(np.argsort(-var, kind="stable")[:k]), "top variance (scanpy failed)"
     norm = adata.var["dispersions_norm"].to_numpy()
     norm = np.where(np.isfinite(norm), norm, -np.inf)
     idx = np.argsort(-norm, kind="stable")[:k]
     return np.sort(idx), f"scanpy highly_variable_genes flavor={flavor}"
+
+
+def _row_transformed(
+    data: ExpressionData, row_pre: Preprocessor, rows: np.ndarray
+) -> np.ndarray | sp.csr_matrix:
+    """Rows after the per-sample preprocessing; CSR stays CSR (never densified whole)."""
+    if not data.is_sparse:
+        return np.concatenate(list(_batches(data, row_pre, rows, 4096)))
+    x = sp.csr_matrix(data.rows(rows), dtype=np.float32)
+    if row_pre.uses_log1p:
+        totals = np.asarray(x.sum(axis=1), np.float64).ravel()
+        scale = np.divide(row_pre.target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        x = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ x)
+        x.data = np.log1p(x.data)
+    return x

@@ -162,3 +162,18 @@ def test_log1p_refuses_negative_values():
                           pd.DataFrame(), "x")
     with pytest.raises(UsageError, match="negative"):
         Preprocessor("log1p").fit(data, np.arange(2))
+
+
+def test_hvg_baseline_same_for_sparse_and_dense():
+    from genepanel.evaluate import hvg_panel
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(rng.gamma(1.0, 2.0, size=60), size=(200, 60)).astype(np.float32)
+    dense = ExpressionData(x, [f"g{i}" for i in range(60)], pd.DataFrame(), "d")
+    sparse = ExpressionData(sp.csr_matrix(x), dense.genes, pd.DataFrame(), "s")
+    rows = np.arange(150)
+    for kind in ("none", "log1p"):
+        a, how = hvg_panel(dense, Preprocessor(kind).fit(dense, rows), rows, 10)
+        b, _ = hvg_panel(sparse, Preprocessor(kind).fit(sparse, rows), rows, 10)
+        np.testing.assert_array_equal(a, b)
+        assert len(set(a)) == 10 and "scanpy" in how
