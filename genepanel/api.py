@@ -17,7 +17,14 @@ from genepanel.config import SelectConfig
 from genepanel.data import Preprocessor, Split, make_split
 from genepanel.errors import UsageError
 from genepanel.evaluate import fit_linear, hvg_panel, linear_test_mse, pca_bound, random_panels
-from genepanel.io import ExpressionData, OutputDir, read_matrix, write_json, write_tsv
+from genepanel.io import (
+    ExpressionData,
+    OutputDir,
+    matrix_bytes,
+    read_matrix,
+    write_json,
+    write_tsv,
+)
 from genepanel.panel import Panel, extract_panel, panel_table, related_groups
 from genepanel.plots import plot_history
 from genepanel.runtime import data_mesh, is_main_process
@@ -49,9 +56,13 @@ class SelectResult:
 def load_input(path: str | Path, cfg: SelectConfig) -> ExpressionData:
     """Read the matrix named by ``path`` with the input options of ``cfg``."""
     i = cfg.input
+    stream = i.stream == "yes" or (
+        i.stream == "auto"
+        and matrix_bytes(path, i.layer, i.dataset) > i.host_memory_budget_gb * 2**30
+    )
     return read_matrix(
         path, layer=i.layer, gene_column=i.gene_column, dataset=i.dataset, genes=i.genes,
-        genes_by_samples=i.genes_by_samples,
+        genes_by_samples=i.genes_by_samples, stream=stream,
     )
 
 
@@ -75,8 +86,11 @@ def select_panel(
     cfg
         The validated configuration.
     out
-        Output folder; written atomically (through ``<out>.partial``), refused if it
-        exists unless ``overwrite``. ``resume`` continues an interrupted run there.
+        Output folder; written atomically (through ``<out>.partial``).
+    overwrite
+        Replace an existing ``out`` (otherwise it is refused).
+    resume
+        Continue an interrupted run from the checkpoint in ``<out>.partial``.
     on_epoch
         Called with each epoch's history record (for progress display).
     evaluate_baselines
@@ -112,7 +126,9 @@ def select_panel(
     budget = cfg.train.device_memory_budget_gb * 2**30
     # Fast path: the training matrix lives on the device. Several processes stream
     # instead, each reading only its own rows of every minibatch.
-    materialize = len(split.train) * d * 4 <= budget and jax.process_count() == 1
+    materialize = (
+        len(split.train) * d * 4 <= budget and jax.process_count() == 1 and not data.is_backed
+    )
     train_src = RowSource(data, pre, split.train, materialize=materialize)
     val_src = RowSource(data, pre, split.val, materialize=materialize) if len(split.val) else None
     test_src = RowSource(data, pre, split.test, materialize=False)
@@ -179,7 +195,8 @@ def select_panel(
     if outdir is not None and main:
         write_tsv(staging / "panel.tsv", table)
         write_tsv(staging / "groups.tsv", groups)
-        write_tsv(staging / "history.tsv", pd.DataFrame([h for h in result.history if "epoch" in h]))
+        epochs = [h for h in result.history if "epoch" in h]
+        write_tsv(staging / "history.tsv", pd.DataFrame(epochs))
         plot_history(result.history, staging / "history.png")
         save_model(staging, model)
         write_json(staging / "run.json", run)

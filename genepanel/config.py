@@ -28,7 +28,9 @@ class InputConfig:
     column instead of ``var_names``. For plain HDF5, ``dataset`` is the path of the
     2-D matrix inside the file, ``genes`` either a dataset path in the same file or a
     text file with one name per line, and ``genes_by_samples`` says the matrix is
-    stored genes × samples.
+    stored genes × samples. ``stream`` (``auto``, ``yes``, ``no``) leaves the matrix on
+    disk and reads minibatches from it; ``auto`` streams when loading it would take more
+    than ``host_memory_budget_gb``.
     """
 
     layer: str | None = None
@@ -36,6 +38,8 @@ class InputConfig:
     dataset: str | None = None
     genes: str | None = None
     genes_by_samples: bool = False
+    stream: str = "auto"
+    host_memory_budget_gb: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,10 @@ def validate(cfg: SelectConfig) -> None:
     _check(
         m.decoder != "mlp" or len(m.hidden) > 0,
         "--decoder mlp needs hidden layer sizes, e.g. --hidden 256 or --hidden 512,256",
+    )
+    _check(
+        cfg.input.stream in ("auto", "yes", "no"),
+        f"input.stream must be auto, yes or no; got {cfg.input.stream!r}",
     )
     t = cfg.train
     _check(t.max_epochs >= 1, f"--epochs must be ≥ 1, got {t.max_epochs}")

@@ -92,6 +92,19 @@ def make_split(
 # --------------------------------------------------------------------------- preprocessing
 
 
+def _has_negative(data: ExpressionData, rows: np.ndarray, batch_size: int) -> bool:
+    if not data.is_backed:
+        x = data.X
+        return bool(x.data.size and x.data.min() < 0) if sp.issparse(x) else bool(x.min() < 0)
+    for i in range(0, len(rows), batch_size):
+        x = data.rows(rows[i : i + batch_size])
+        values = x.data if sp.issparse(x) else x
+        if values.size and values.min() < 0:
+            return True
+    return False
+
+
+
 @dataclass
 class Preprocessor:
     """Per-sample normalisation + log1p and/or per-gene standardisation.
@@ -122,10 +135,7 @@ class Preprocessor:
     ) -> Preprocessor:
         """Fit ``target_sum`` (median training total) and per-gene mean/sd on ``rows``."""
         if self.uses_log1p:
-            if data.is_sparse:
-                if data.X.data.size and data.X.data.min() < 0:
-                    self._negative(data)
-            elif data.X.min() < 0:
+            if _has_negative(data, rows, batch_size):
                 self._negative(data)
             if self.target_sum is None:
                 totals = np.concatenate(
@@ -211,7 +221,9 @@ class Preprocessor:
             x = (x - self.mean[cols]) / self.std[cols]
         return x.astype(np.float32, copy=False)
 
-    def inverse_transform_columns(self, x: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    def inverse_transform_columns(
+        self, x: np.ndarray, cols: np.ndarray | None = None
+    ) -> np.ndarray:
         """Undo the per-gene standardisation only (values stay on the log1p scale)."""
         if not self.uses_standardize:
             return x

@@ -145,7 +145,8 @@ def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
 
 
 def hvg_panel(
-    data: ExpressionData, pre: Preprocessor, rows: np.ndarray, k: int
+    data: ExpressionData, pre: Preprocessor, rows: np.ndarray, k: int, max_rows: int = 20000,
+    seed: int = 0,
 ) -> tuple[np.ndarray, str]:
     """The ``k`` most highly variable genes of the training rows (scanpy).
 
@@ -153,11 +154,14 @@ def hvg_panel(
     when chosen), not the per-gene z-score, after which every gene has variance 1.
     scanpy's ``seurat`` flavour is used on log-scale non-negative data, ``cell_ranger``
     on other non-negative data, and the plain variance ranking when values are negative.
-    Returns the gene indices and a description of the method.
+    At most ``max_rows`` training rows (a random subset) are used, so that memory
+    stays bounded on large inputs. Returns the gene indices and a description.
     """
     import anndata as ad
     import scanpy as sc
 
+    if len(rows) > max_rows:
+        rows = np.sort(np.random.default_rng([seed, 13]).choice(rows, max_rows, replace=False))
     row_pre = Preprocessor(kind="log1p" if pre.uses_log1p else "none", target_sum=pre.target_sum)
     # Sparse input stays sparse here: scanpy computes dispersions on CSR directly.
     x = _row_transformed(data, row_pre, rows)

@@ -53,12 +53,90 @@ class ExpressionData:
 
     @property
     def is_sparse(self) -> bool:
-        """Whether ``X`` is a sparse CSR matrix."""
-        return sp.issparse(self.X)
+        """Whether ``X`` is a sparse CSR matrix (in memory or on disk)."""
+        return sp.issparse(self.X) or getattr(self.X, "is_sparse", False)
+
+    @property
+    def is_backed(self) -> bool:
+        """Whether rows are read from disk on demand (``--stream``)."""
+        return isinstance(self.X, BackedMatrix)
 
     def rows(self, idx: np.ndarray) -> np.ndarray | sp.csr_matrix:
         """Rows ``idx`` as stored (dense array or CSR), in the order given."""
         return self.X[idx]
+
+
+class BackedMatrix:
+    """Rows of a matrix that stays on disk: a dense HDF5 dataset or an AnnData CSR group.
+
+    ``m[idx]`` reads rows ``idx`` (any order) as a dense array or CSR matrix, grouping
+    consecutive rows into contiguous reads. Memory is one request's rows plus the HDF5
+    chunk cache (``cache_bytes``).
+    """
+
+    def __init__(self, path: Path, node: str, *, cache_bytes: int = 64 * 2**20):
+        self.path, self.node = Path(path), node
+        self._file = h5py.File(self.path, "r", rdcc_nbytes=cache_bytes, rdcc_nslots=100_003)
+        obj = self._file[node]
+        if isinstance(obj, h5py.Dataset):
+            self._ds: Any = obj
+            self.is_sparse = False
+        else:
+            enc = obj.attrs.get("encoding-type", "")
+            enc = enc.decode() if isinstance(enc, bytes) else enc
+            if enc != "csr_matrix":
+                self._file.close()
+                msg = (
+                    f"{self.path}:{node} is stored as {enc or 'an unknown encoding'}; streaming "
+                    "reads rows, so it needs a dense or CSR matrix (adata.X = adata.X.tocsr(), "
+                    "then write again) or run without --stream"
+                )
+                raise DataError(msg)
+            from anndata.io import sparse_dataset
+
+            self._ds = sparse_dataset(obj)
+            self.is_sparse = True
+        self.shape: tuple[int, int] = tuple(int(v) for v in self._ds.shape)  # type: ignore[assignment]
+        self.dtype = np.dtype(self._ds.dtype)
+
+    def __getitem__(self, idx: Any) -> np.ndarray | sp.csr_matrix:
+        """Rows ``idx`` (an integer array or a slice) as float32."""
+        if isinstance(idx, slice):
+            return self._cast(self._ds[idx])
+        idx = np.asarray(idx, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        srt = idx[order]
+        # Rows closer than `gap` are read as one contiguous range and picked in memory.
+        gap = 16
+        cuts = np.flatnonzero(np.diff(srt) > gap) + 1
+        blocks = []
+        for run in np.split(srt, cuts):
+            if len(run):
+                lo, hi = int(run[0]), int(run[-1]) + 1
+                block = self._ds[lo:hi]
+                blocks.append(block if hi - lo == len(run) else block[run - lo])
+        if self.is_sparse:
+            empty = sp.csr_matrix((0, self.shape[1]))
+            out: Any = sp.vstack(blocks, format="csr") if blocks else empty
+        else:
+            out = np.concatenate(blocks) if blocks else np.empty((0, self.shape[1]))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return self._cast(out[inverse])
+
+    def _cast(self, x: Any) -> np.ndarray | sp.csr_matrix:
+        if sp.issparse(x):
+            return sp.csr_matrix(x, dtype=np.float32)
+        return np.asarray(x, dtype=np.float32)
+
+    def iter_chunks(self, rows: int = 4096):
+        """Yield ``(start, block)`` over all rows in order."""
+        for start in range(0, self.shape[0], rows):
+            yield start, self[slice(start, min(start + rows, self.shape[0]))]
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
 
 
 # --------------------------------------------------------------------------- reading
@@ -96,6 +174,7 @@ def read_matrix(
     dataset: str | None = None,
     genes: str | None = None,
     genes_by_samples: bool = False,
+    stream: bool = False,
 ) -> ExpressionData:
     """Read an expression matrix from ``.h5ad`` or plain HDF5 and validate it.
 
@@ -108,6 +187,8 @@ def read_matrix(
     dataset, genes, genes_by_samples
         Plain HDF5 only: the 2-D dataset; the gene names (a dataset in the file or a
         text file with one name per line); whether the matrix is stored genes × samples.
+    stream
+        Leave the matrix on disk (:class:`BackedMatrix`) and read rows on demand.
 
     Returns
     -------
@@ -129,7 +210,7 @@ def read_matrix(
                     "HDF5 only; use --layer and --gene-column instead"
                 )
                 raise UsageError(msg)
-            data = _read_anndata(f, path, layer=layer, gene_column=gene_column)
+            data = _read_anndata(f, path, layer=layer, gene_column=gene_column, stream=stream)
         else:
             if layer is not None or gene_column is not None:
                 msg = (
@@ -137,9 +218,28 @@ def read_matrix(
                     "apply; use --dataset and --genes"
                 )
                 raise UsageError(msg)
-            data = _read_hdf5(f, path, dataset=dataset, genes=genes, transpose=genes_by_samples)
+            data = _read_hdf5(
+                f, path, dataset=dataset, genes=genes, transpose=genes_by_samples, stream=stream
+            )
     validate_matrix(data)
     return data
+
+
+def matrix_bytes(path: str | Path, layer: str | None = None, dataset: str | None = None) -> int:
+    """Bytes the matrix would take in memory as float32 (0 when it cannot be told)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if _is_anndata(f):
+                node = f["X"] if layer is None else f.get(f"layers/{layer}")
+            else:
+                node = f.get(dataset) if dataset else None
+            if isinstance(node, h5py.Dataset):
+                return int(np.prod(node.shape)) * 4
+            if isinstance(node, h5py.Group) and "data" in node:
+                return int(node["data"].shape[0]) * 8 + int(node["indptr"].shape[0]) * 8
+    except (OSError, KeyError, TypeError):
+        return 0
+    return 0
 
 
 def _read_elem(node: Any) -> Any:
@@ -151,7 +251,7 @@ def _read_elem(node: Any) -> Any:
 
 
 def _read_anndata(
-    f: h5py.File, path: Path, *, layer: str | None, gene_column: str | None
+    f: h5py.File, path: Path, *, layer: str | None, gene_column: str | None, stream: bool
 ) -> ExpressionData:
     var = _read_elem(f["var"])
     obs = _read_elem(f["obs"]) if "obs" in f else pd.DataFrame()
@@ -169,6 +269,10 @@ def _read_anndata(
             raise DataError(msg)
         node = f["layers"][layer]
         where = f"layers/{layer}"
+    if stream:
+        X: Any = BackedMatrix(path, node.name)
+        names = _anndata_names(var, path, gene_column)
+        return ExpressionData(X=X, genes=names, obs=obs, source=f"{path} ({where}, streamed)")
     X = _read_elem(node)
     if sp.issparse(X):
         X = sp.csr_matrix(X)
@@ -184,15 +288,18 @@ def _read_anndata(
                 msg = f"{path}:{where} holds {X.dtype} values, not numbers"
                 raise DataError(msg)
             X = X.astype(np.float32)
-    if gene_column is None:
-        names = [str(g) for g in var.index]
-    else:
-        if gene_column not in var.columns:
-            cols = ", ".join(map(str, var.columns)) or "none"
-            msg = f"{path} has no var column '{gene_column}' (columns: {cols})"
-            raise DataError(msg)
-        names = ["" if pd.isna(g) else str(g) for g in var[gene_column]]
+    names = _anndata_names(var, path, gene_column)
     return ExpressionData(X=X, genes=names, obs=obs, source=f"{path} ({where})")
+
+
+def _anndata_names(var: pd.DataFrame, path: Path, gene_column: str | None) -> list[str]:
+    if gene_column is None:
+        return [str(g) for g in var.index]
+    if gene_column not in var.columns:
+        cols = ", ".join(map(str, var.columns)) or "none"
+        msg = f"{path} has no var column '{gene_column}' (columns: {cols})"
+        raise DataError(msg)
+    return ["" if pd.isna(g) else str(g) for g in var[gene_column]]
 
 
 def _datasets(f: h5py.File) -> list[tuple[str, tuple[int, ...]]]:
@@ -207,7 +314,13 @@ def _datasets(f: h5py.File) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _read_hdf5(
-    f: h5py.File, path: Path, *, dataset: str | None, genes: str | None, transpose: bool
+    f: h5py.File,
+    path: Path,
+    *,
+    dataset: str | None,
+    genes: str | None,
+    transpose: bool,
+    stream: bool,
 ) -> ExpressionData:
     all_ds = _datasets(f)
     if dataset is None:
@@ -231,9 +344,18 @@ def _read_hdf5(
     if not np.issubdtype(ds.dtype, np.number):
         msg = f"{path}:{dataset} holds {ds.dtype} values, not numbers"
         raise DataError(msg)
-    X = np.asarray(ds[()], dtype=np.float32)
-    if transpose:
-        X = np.ascontiguousarray(X.T)
+    if stream and transpose:
+        msg = (
+            f"{path}:{dataset} is stored genes × samples; streaming reads sample rows, so "
+            "store it samples × genes or run without --stream"
+        )
+        raise UsageError(msg)
+    if stream:
+        X: Any = BackedMatrix(path, dataset)
+    else:
+        X = np.asarray(ds[()], dtype=np.float32)
+        if transpose:
+            X = np.ascontiguousarray(X.T)
     if genes is None:
         msg = (
             f"{path} is plain HDF5: give the gene names with --genes (a dataset path in the "
@@ -256,7 +378,8 @@ def _read_hdf5(
         )
         raise DataError(msg)
     obs = pd.DataFrame(index=[f"s{i}" for i in range(X.shape[0])])
-    return ExpressionData(X=X, genes=names, obs=obs, source=f"{path}:{dataset}")
+    where = f"{path}:{dataset}" + (" (streamed)" if stream else "")
+    return ExpressionData(X=X, genes=names, obs=obs, source=where)
 
 
 def validate_matrix(data: ExpressionData) -> None:
@@ -284,16 +407,25 @@ def validate_matrix(data: ExpressionData) -> None:
             "(anndata's var_names_make_unique) or use another column with --gene-column"
         )
         raise DataError(msg)
-    values = data.X.data if data.is_sparse else data.X
+    if data.is_backed:
+        for start, block in data.X.iter_chunks():
+            _check_finite(block, data, offset=start)
+    else:
+        _check_finite(data.X, data, offset=0)
+
+
+def _check_finite(x: Any, data: ExpressionData, offset: int) -> None:
+    values = x.data if sp.issparse(x) else x
     bad = ~np.isfinite(values)
     if bad.any():
         n_bad = int(bad.sum())
-        if data.is_sparse:
+        if sp.issparse(x):
             pos = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(data.X.indptr, pos, side="right") - 1)
-            col = int(data.X.indices[pos])
+            row = int(np.searchsorted(x.indptr, pos, side="right") - 1)
+            col = int(x.indices[pos])
         else:
             row, col = (int(v) for v in np.argwhere(bad)[0])
+        row += offset
         msg = (
             f"{data.source} holds {n_bad} NaN or infinite value(s) (first at sample {row}, "
             f"gene {data.genes[col]}); impute or remove them before selecting a panel"

@@ -156,7 +156,8 @@ def load_model(folder: str | Path) -> FittedModel:
         msg = f"{folder}/model.json is inconsistent (panel genes do not match their indices)"
         raise ModelError(msg)
     if coef.shape != (len(panel_index), len(genes)):
-        msg = f"{folder}/linear.npz has shape {coef.shape}, expected {(len(panel_index), len(genes))}"
+        want = (len(panel_index), len(genes))
+        msg = f"{folder}/linear.npz has shape {coef.shape}, expected {want}; rerun select"
         raise ModelError(msg)
     meta = {k: v for k, v in spec.items()
             if k not in {"panel_genes", "genes", "panel_index", "decoder", "preprocess"}}

@@ -43,8 +43,8 @@ def planted(
     x = x[:, perm]
     genes = [f"gene{i:03d}" for i in range(d)]
     drivers = sorted(genes[int(np.flatnonzero(perm == j)[0])] for j in range(n_drivers))
-    cluster_of_column = np.concatenate([np.arange(n_drivers), np.repeat(np.arange(n_drivers), followers)])
-    return x, genes, drivers, cluster_of_column[perm]
+    modules = np.concatenate([np.arange(n_drivers), np.repeat(np.arange(n_drivers), followers)])
+    return x, genes, drivers, modules[perm]
 
 
 @pytest.fixture

@@ -177,3 +177,49 @@ def test_hvg_baseline_same_for_sparse_and_dense():
         b, _ = hvg_panel(sparse, Preprocessor(kind).fit(sparse, rows), rows, 10)
         np.testing.assert_array_equal(a, b)
         assert len(set(a)) == 10 and "scanpy" in how
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_streamed_rows_equal_loaded_rows(tmp_path, sparse):
+    x = _counts(300, 20)
+    a = ad.AnnData(sp.csr_matrix(x) if sparse else x)
+    a.var_names = [f"g{i}" for i in range(20)]
+    a.write_h5ad(tmp_path / "a.h5ad", compression="gzip")
+    loaded = read_matrix(tmp_path / "a.h5ad")
+    streamed = read_matrix(tmp_path / "a.h5ad", stream=True)
+    assert streamed.is_backed and streamed.is_sparse == sparse
+    idx = np.random.default_rng(0).choice(300, 120, replace=False)  # unsorted, with gaps
+    got = streamed.rows(idx)
+    want = loaded.rows(idx)
+    if sparse:
+        got, want = got.toarray(), want.toarray()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_streamed_input_trains_from_disk(tmp_path):
+    from genepanel.api import select_panel
+    from genepanel.config import SelectConfig
+    from tests.conftest import planted
+
+    x, genes, _, _ = planted(seed=8)
+    a = ad.AnnData(sp.csr_matrix(x.clip(0)))
+    a.var_names = genes
+    a.write_h5ad(tmp_path / "p.h5ad")
+    cfg = SelectConfig(k=5, seed=0).replace(
+        **{"input.stream": "yes", "train.max_epochs": 5, "train.batch_size": 32}
+    )
+    res = select_panel(tmp_path / "p.h5ad", cfg, tmp_path / "out", evaluate_baselines=False)
+    assert res.fit.path == "streamed"
+    assert "streamed" in res.run["data"]["source"]
+    assert len(set(res.panel.indices)) == 5
+
+
+def test_epoch_order_blocks_cover_every_row_once():
+    from genepanel.train import epoch_order
+
+    assert sorted(epoch_order(103, np.random.default_rng(0), block=8)) == list(range(103))
+    order = epoch_order(104, np.random.default_rng(0), block=8)
+    blocks = order.reshape(13, 8)
+    assert (blocks[:, 0] % 8 == 0).all()  # whole blocks move ...
+    assert (np.diff(blocks, axis=1) == 1).all()
+    assert not np.array_equal(order, np.arange(104))  # ... in a random order

@@ -22,6 +22,11 @@ def select(
     genes_by_samples: bool | None = typer.Option(
         None, "--genes-by-samples", help="Plain HDF5 matrix is stored genes × samples."
     ),
+    stream: bool | None = typer.Option(
+        None, "--stream/--no-stream",
+        help="Leave the matrix on disk and read minibatches from it. [default: when larger "
+        "than input.host_memory_budget_gb]",
+    ),
     preprocess: str | None = typer.Option(
         None, help="none | log1p | standardize | log1p+standardize. [default: none]"
     ),
@@ -60,6 +65,7 @@ def select(
         "n_related": n_related,
         "input.layer": layer, "input.gene_column": gene_column, "input.dataset": dataset,
         "input.genes": genes, "input.genes_by_samples": genes_by_samples,
+        "input.stream": None if stream is None else ("yes" if stream else "no"),
         "split.column": split_column,
         "model.decoder": decoder, "model.hidden": hidden,
         "train.max_epochs": epochs, "train.batch_size": batch_size, "train.learning_rate": lr,
