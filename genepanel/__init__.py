@@ -1,7 +1,8 @@
 """genepanel: design gene panels from omics data with concrete autoencoders.
 
-The library entry points are :func:`select_panel` (train a panel) and, for a saved
-run folder, :func:`load_model`.
+The library entry points are :func:`select_panel` (train a panel), :func:`impute`
+(all genes from a measured panel), :func:`compare_landmarks` (a panel against the L1000
+landmarks or another reference) and, for a saved run folder, :func:`load_model`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["SelectConfig", "__version__", "load_model", "select_panel"]
+__all__ = [
+    "SelectConfig",
+    "__version__",
+    "compare_landmarks",
+    "impute",
+    "load_model",
+    "map_landmarks",
+    "select_panel",
+]
 
 
 def __getattr__(name: str):  # lazy: keep `import genepanel` (and the CLI's --help) fast
@@ -25,6 +34,18 @@ def __getattr__(name: str):  # lazy: keep `import genepanel` (and the CLI's --he
         from genepanel.saved import load_model
 
         return load_model
+    if name == "impute":
+        from genepanel.imputation import impute
+
+        return impute
+    if name == "compare_landmarks":
+        from genepanel.compare import compare_landmarks
+
+        return compare_landmarks
+    if name == "map_landmarks":
+        from genepanel.landmarks import map_landmarks
+
+        return map_landmarks
     if name == "SelectConfig":
         from genepanel.config import SelectConfig
 

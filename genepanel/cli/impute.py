@@ -1,0 +1,84 @@
+"""``genepanel impute``: measured panel genes in, every gene the decoder knows out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from genepanel.cli.common import log, run_command, setup_logging
+
+
+def impute(
+    data: Path = typer.Argument(
+        ..., help="Measured matrix (.h5ad, or plain HDF5 with --dataset/--genes): panel genes "
+        "or all genes, matched by name."
+    ),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Run folder written by genepanel select."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .h5ad (written atomically)."),
+    decoder: str = typer.Option("trained", help="trained | linear (the refit regression)."),
+    reconstruct_measured: bool = typer.Option(
+        False, "--reconstruct-measured",
+        help="Output the decoder's reconstruction of the panel genes, not the measured values.",
+    ),
+    original_scale: bool = typer.Option(
+        False, "--original-scale",
+        help="Undo the per-gene z-score (default: the model's preprocessed scale).",
+    ),
+    totals_column: str | None = typer.Option(
+        None, help="log1p models, panel-only input: obs column of per-sample totals over all genes."
+    ),
+    layer: str | None = typer.Option(None, help="AnnData layer to use instead of X."),
+    gene_column: str | None = typer.Option(
+        None, help="var column with gene names (default var_names)."
+    ),
+    dataset: str | None = typer.Option(
+        None, help="Plain HDF5: path of the 2-D matrix in the file."
+    ),
+    genes: str | None = typer.Option(
+        None, help="Plain HDF5: gene names (dataset path or text file)."
+    ),
+    genes_by_samples: bool = typer.Option(
+        False, "--genes-by-samples", help="Plain HDF5 matrix is stored genes × samples."
+    ),
+    batch_size: int | None = typer.Option(None, help="Rows per batch (default: automatic)."),
+    evaluate: bool = typer.Option(
+        False, "--evaluate",
+        help="Score against the true values of non-panel genes in the input (MSE, Pearson); "
+        "writes <out>.evaluation.json/.tsv.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
+) -> None:
+    """Impute every gene from measurements of the panel genes."""
+    setup_logging(verbose)
+
+    def work() -> None:
+        from genepanel.imputation import impute_file
+
+        res = impute_file(
+            data, model, out, keep_measured=not reconstruct_measured, decoder=decoder,
+            batch_size=batch_size, original_scale=original_scale, totals_column=totals_column,
+            layer=layer, gene_column=gene_column, dataset=dataset, genes=genes,
+            genes_by_samples=genes_by_samples, evaluate=evaluate, overwrite=overwrite,
+        )
+        if quiet:
+            return
+        log.info("imputed %d genes for %d samples → %s (%s scale)", res.n_genes, res.n_samples,
+                 res.out, res.provenance["scale"])
+        if res.evaluation is not None:
+            s = res.evaluation.summary
+            line = (f"evaluation on {s['n_genes_evaluated']} non-panel genes: MSE "
+                    f"{s['mse_non_panel']:.4g}")
+            if s.get("pearson_mean") is not None:
+                line += (f", Pearson r mean {s['pearson_mean']:.3f} "
+                         f"(median {s['pearson_median']:.3f})")
+            if "mse_all_genes" in s:
+                line += f", MSE over all genes {s['mse_all_genes']:.4g}"
+            log.info(line)
+            log.info("evaluation written to %s", ", ".join(map(str, res.evaluation_files)))
+
+    run_command(work, verbose)

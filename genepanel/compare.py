@@ -1,0 +1,815 @@
+"""Compare a selected panel with a reference panel (default: the L1000 landmarks).
+
+Both panels are scored on the same rows with the same preprocessing as the panel's
+``genepanel select`` run (its stored config, seed and split rule, and its fitted
+preprocessing statistics). For each panel every decoder class is fitted from scratch on
+the training rows: the closed-form unregularised linear regression, and MLPs (Dense +
+LeakyReLU(0.2), Adam, early stopping on the validation rows) over several seeds. The
+held-out test rows give the metrics:
+
+- ``mse_all``: mean squared error over every gene (the paper's metric; a panel's own
+  genes count too, which favours the larger panel);
+- ``mse_neither``: over the genes in neither panel (the same genes for both: the fair
+  imputation comparison);
+- per-gene Pearson correlation over the genes in neither panel (mean and median).
+
+With ``sweep`` concrete-autoencoder panels of several sizes are trained (the paper's
+Fig. 6b) and the smallest whose linear-decoder ``mse_all`` reaches the reference's is
+reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genepanel.data import Preprocessor, Split, dense_rows, make_split
+from genepanel.errors import DataError, UsageError
+from genepanel.io import ExpressionData, OutputDir, read_matrix, write_json, write_tsv
+from genepanel.landmarks import ReferenceMatch, map_gene_list, map_landmarks, read_gene_list
+from genepanel.saved import FittedModel, load_model
+
+log = logging.getLogger("genepanel")
+
+PANELS = ("candidate", "reference")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Options of :func:`compare_landmarks`.
+
+    Attributes
+    ----------
+    mlp_hidden
+        Hidden sizes of each MLP decoder class (default: one layer of 256, two of 256).
+    trials
+        Seeds per MLP decoder (the linear regression is deterministic: one fit).
+    epochs, patience, batch_size, learning_rate
+        MLP training: epoch cap, early-stopping patience (epochs without a validation
+        gain; the best validation epoch is kept), minibatch size, Adam learning rate.
+    min_found
+        Refuse unless this fraction of the reference genes is found in the data.
+    dgex_only
+        Use the 943 D-GEX landmarks instead of all 978 (ignored with a user reference).
+    sweep, sweep_sizes, sweep_epochs
+        Train CAE panels of these sizes (default: 4 sizes evenly up to the reference
+        size, below it), with this epoch cap (default: the panel run's).
+    seed
+        Seed of the MLP trials (default: the panel run's seed).
+    """
+
+    mlp_hidden: tuple[tuple[int, ...], ...] = ((256,), (256, 256))
+    trials: int = 3
+    epochs: int = 300
+    patience: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    min_found: float = 0.5
+    dgex_only: bool = False
+    sweep: bool = False
+    sweep_sizes: tuple[int, ...] | None = None
+    sweep_epochs: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.trials >= 1, f"--trials must be ≥ 1, got {self.trials}"),
+            (self.epochs >= 1, f"--epochs must be ≥ 1, got {self.epochs}"),
+            (self.patience >= 1, f"--patience must be ≥ 1, got {self.patience}"),
+            (self.batch_size >= 1, f"--batch-size must be ≥ 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"--lr must be positive, got {self.learning_rate}"),
+            (0 < self.min_found <= 1, f"--min-found must be in (0, 1], got {self.min_found}"),
+            (all(len(h) > 0 for h in self.mlp_hidden),
+             "--mlp needs hidden sizes such as 256 or 256,256"),
+            (self.sweep_epochs is None or self.sweep_epochs >= 1,
+             f"--sweep-epochs must be ≥ 1, got {self.sweep_epochs}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """Parse ``"100,200,400"`` into sorted distinct positive panel sizes."""
+    try:
+        sizes = sorted({int(v) for v in text.replace(" ", "").split(",") if v})
+    except ValueError as exc:
+        msg = f"--sweep-sizes must be positive integers like 100,200,400; got {text!r}"
+        raise UsageError(msg) from exc
+    if not sizes or sizes[0] < 1:
+        msg = f"--sweep-sizes must be positive integers like 100,200,400; got {text!r}"
+        raise UsageError(msg)
+    return tuple(sizes)
+
+
+def decoder_name(hidden: tuple[int, ...]) -> str:
+    """``()`` → ``linear``; ``(256, 128)`` → ``mlp[256,128]``."""
+    return "linear" if not hidden else f"mlp[{','.join(map(str, hidden))}]"
+
+
+# --------------------------------------------------------------------------- MLP decoders
+
+
+class MLPFitter:
+    """Fit ``Decoder(d, hidden)`` from panel values ``[n, k]`` to all genes ``[n, d]``.
+
+    Adam on the mean squared error, minibatches drawn without replacement each epoch
+    (one ``lax.scan`` per epoch, compiled once per shape), early stopping on the
+    validation rows with the best epoch's parameters kept.
+    """
+
+    def __init__(self, k: int, d: int, hidden: tuple[int, ...], lr: float):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        from genepanel.model import Decoder
+
+        self.k, self.d, self.hidden = k, d, hidden
+        self.module = Decoder(d, hidden)
+        self.tx = optax.adam(lr)
+        module, tx = self.module, self.tx
+
+        def loss(params: Any, xb: Any, yb: Any) -> Any:
+            return jnp.mean(jnp.square(module.apply({"params": params}, xb) - yb))
+
+        def epoch(state: Any, x: Any, y: Any, perm: Any) -> Any:
+            def step(st: Any, idx: Any) -> Any:
+                params, opt = st
+                val, grads = jax.value_and_grad(loss)(params, x[idx], y[idx])
+                updates, opt = tx.update(grads, opt, params)
+                return (optax.apply_updates(params, updates), opt), val
+
+            return jax.lax.scan(step, state, perm)[0]
+
+        self._epoch = jax.jit(epoch)
+        self._loss = jax.jit(loss)
+        self._predict = jax.jit(lambda params, x: module.apply({"params": params}, x))
+        self._init = jax.jit(lambda key: module.init(key, jnp.zeros((1, k), jnp.float32)))
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        *,
+        seed: int,
+        epochs: int,
+        patience: int,
+        batch_size: int,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Train from a fresh initialisation; return ``(params, info)``.
+
+        ``x``/``y`` are ``[n, k]``/``[n, d]`` preprocessed training rows; ``x_val``/``y_val``
+        the validation rows (``None`` or empty: train ``epochs`` epochs, keep the last).
+        """
+        import jax
+
+        key = jax.random.key(seed)
+        params = self._init(key)["params"]
+        state = (params, self.tx.init(params))
+        xd, yd = jax.device_put(x), jax.device_put(y)
+        has_val = x_val is not None and len(x_val) > 0
+        if has_val:
+            xv, yv = jax.device_put(x_val), jax.device_put(y_val)
+        n = len(x)
+        b = min(batch_size, n)
+        steps = n // b
+        rng = np.random.default_rng([seed, 0xDEC])
+        best, best_epoch, best_params = np.inf, 0, state[0]
+        epoch = 0
+        for epoch in range(1, epochs + 1):
+            perm = rng.permutation(n)[: steps * b].reshape(steps, b).astype(np.int32)
+            state = self._epoch(state, xd, yd, perm)
+            if has_val:
+                v = float(self._loss(state[0], xv, yv))
+                if v < best:
+                    best, best_epoch, best_params = v, epoch, state[0]
+                elif epoch - best_epoch >= patience:
+                    break
+        if not has_val:
+            best_params, best_epoch, best = state[0], epoch, float("nan")
+        return best_params, {"epochs_run": epoch, "best_epoch": best_epoch, "val_mse": best}
+
+    def predict(self, params: Any, x: np.ndarray) -> np.ndarray:
+        """``[n, k]`` → ``[n, d]``."""
+        return np.asarray(self._predict(params, x))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def pearson_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """``[d]`` Pearson correlation per column of ``[n, d]`` arrays (NaN where constant)."""
+    t = truth.astype(np.float64) - truth.mean(0)
+    p = pred.astype(np.float64) - pred.mean(0)
+    num = (t * p).sum(0)
+    den = np.sqrt((t * t).sum(0) * (p * p).sum(0))
+    out = np.full(truth.shape[1], np.nan)
+    ok = den > 1e-12
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def _scores(truth: np.ndarray, pred: np.ndarray, neither: np.ndarray) -> dict[str, Any]:
+    err = np.square(pred.astype(np.float64) - truth)
+    r = pearson_per_gene(truth[:, neither], pred[:, neither])
+    return {
+        "mse_all": float(err.mean()),
+        "mse_neither": float(err[:, neither].mean()),
+        "pearson_mean_neither": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"),
+        "pearson_median_neither": (
+            float(np.nanmedian(r)) if np.isfinite(r).any() else float("nan")
+        ),
+        "_pearson": r,
+    }
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _read_var(path: Path, n_genes: int) -> pd.DataFrame | None:
+    """Read the ``var`` table of an ``.h5ad`` file (``None`` for plain HDF5)."""
+    from genepanel.io import _is_anndata, _open_h5, _read_elem
+
+    with _open_h5(path) as f:
+        if not _is_anndata(f):
+            return None
+        var = _read_elem(f["var"])
+    return var if len(var) == n_genes else None
+
+
+def _restrict(
+    data: ExpressionData, var: pd.DataFrame | None, model: FittedModel
+) -> tuple[ExpressionData, pd.DataFrame | None]:
+    """Columns of ``data`` in the order of ``model.genes``; every model gene must be present."""
+    pos = {g: i for i, g in enumerate(data.genes)}
+    missing = [g for g in model.genes if g not in pos]
+    if missing:
+        shown = ", ".join(missing[:5])
+        msg = (
+            f"{data.source} lacks {len(missing)} of the {len(model.genes)} genes of the panel's "
+            f"run (e.g. {shown}); pass the data the panel was selected on (same genes)"
+        )
+        raise DataError(msg)
+    cols = np.array([pos[g] for g in model.genes], np.int64)
+    if len(cols) == len(data.genes) and np.array_equal(cols, np.arange(len(cols))):
+        return data, var
+    X = data.X[:, cols]
+    sub = ExpressionData(X=X, genes=list(model.genes), obs=data.obs,
+                         source=f"{data.source} (the {len(cols)} genes of the panel's run)")
+    return sub, (var.iloc[cols] if var is not None else None)
+
+
+def _run_record(folder: Path | None) -> dict[str, Any] | None:
+    import json
+
+    if folder is None or not (folder / "run.json").is_file():
+        return None
+    try:
+        return json.loads((folder / "run.json").read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class CompareResult:
+    """Everything :func:`compare_landmarks` computed (also written to ``out``).
+
+    Attributes
+    ----------
+    trials
+        One row per (panel, decoder, trial) with the test metrics.
+    summary
+        One row per (panel, decoder): mean and sd over trials.
+    per_gene
+        One row per gene: membership and, per panel and decoder, the mean test Pearson
+        correlation (genes in neither panel only).
+    overlap
+        ``n``, ``jaccard``, ``genes`` shared by the two panels.
+    mapping
+        The reference mapped onto the data.
+    sweep
+        One row per swept panel size (``None`` without ``sweep``).
+    info
+        JSON-able description of the run (sizes, split, fairness, files).
+    """
+
+    trials: pd.DataFrame
+    summary: pd.DataFrame
+    per_gene: pd.DataFrame
+    overlap: dict[str, Any]
+    mapping: ReferenceMatch
+    sweep: pd.DataFrame | None
+    info: dict[str, Any]
+    out: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def headline(self) -> list[str]:
+        """Summarise the comparison in a few lines for the terminal."""
+        i = self.info
+        lines = [
+            f"candidate panel {i['candidate_size']} genes vs {i['reference_name']} "
+            f"{i['reference_size']} genes (overlap {self.overlap['n']}); {i['fairness']}",
+        ]
+        for dec in self.summary["decoder"].unique():
+            rows = self.summary[self.summary["decoder"] == dec].set_index("panel")
+            c, r = rows.loc["candidate"], rows.loc["reference"]
+            lines.append(
+                f"{dec}: test MSE on genes in neither panel {c['mse_neither_mean']:.4g} "
+                f"(candidate) vs {r['mse_neither_mean']:.4g} (reference), "
+                f"ratio {c['mse_neither_mean'] / r['mse_neither_mean']:.3f}"
+            )
+        if self.sweep is not None and i.get("sweep_match") is not None:
+            lines.append(i["sweep_match"]["text"])
+        return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def compare_landmarks(
+    data: ExpressionData | str | Path,
+    panel: FittedModel | str | Path,
+    out: str | Path | None = None,
+    *,
+    reference: str | Path | list[str] | None = None,
+    config: CompareConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> CompareResult:
+    """Compare the panel of a ``genepanel select`` run with a reference panel.
+
+    Parameters
+    ----------
+    data
+        The expression matrix (path or :class:`~genepanel.io.ExpressionData`); it must
+        hold every gene of the panel's run (extra genes are dropped). Read with the
+        run's input options (layer, gene column).
+    panel
+        The run folder (or its :class:`~genepanel.saved.FittedModel`).
+    out
+        Output folder, written atomically (``None``: nothing written).
+    reference
+        ``None`` for the L1000 landmarks, a text file with one gene per line, or a list
+        of gene identifiers.
+    config
+        Decoders, trials and sweep; see :class:`CompareConfig`.
+    overwrite
+        Replace an existing ``out``.
+    progress
+        Log one line per fitted decoder.
+
+    Returns
+    -------
+    CompareResult
+
+    Raises
+    ------
+    ModelError
+        Missing or incompatible run folder.
+    DataError
+        Data lacking the run's genes, or a reference that matches too few genes.
+    """
+    from genepanel.config import from_dict
+
+    cfg = config or CompareConfig()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    outdir = OutputDir(out, overwrite=overwrite) if out is not None else None
+    if outdir is not None:
+        outdir.check()
+    folder = None
+    if not isinstance(panel, FittedModel):
+        folder = Path(panel)
+        panel = load_model(folder)
+    model = panel
+    sel_cfg = from_dict(model.meta.get("config", {}))
+    seed = cfg.seed if cfg.seed is not None else sel_cfg.seed
+
+    var = None
+    if not isinstance(data, ExpressionData):
+        path = Path(data)
+        i = sel_cfg.input
+        data = read_matrix(path, layer=i.layer, gene_column=i.gene_column, dataset=i.dataset,
+                           genes=i.genes, genes_by_samples=i.genes_by_samples)
+        var = _read_var(path, data.shape[1])
+    data, var = _restrict(data, var, model)
+    n, d = data.shape
+
+    # reference panel
+    if reference is None:
+        mapping = map_landmarks(data.genes, var, dgex_only=cfg.dgex_only)
+        ref_label = "D-GEX landmarks" if cfg.dgex_only else "L1000 landmarks"
+    else:
+        if isinstance(reference, list | tuple):
+            names, ref_label = list(reference), "reference genes"
+        else:
+            names, ref_label = read_gene_list(reference), f"genes of {Path(reference).name}"
+        mapping = map_gene_list(names, data.genes, var, name=ref_label)
+    mapping.check(cfg.min_found, data.source)
+    ref = np.sort(mapping.indices)
+    cand = np.sort(np.asarray(model.panel_index))
+    panels = {"candidate": cand, "reference": ref}
+    in_c = np.zeros(d, bool)
+    in_c[cand] = True
+    in_r = np.zeros(d, bool)
+    in_r[ref] = True
+    neither = ~(in_c | in_r)
+    if not neither.any():
+        msg = "the two panels together hold every gene, so no gene is left to impute"
+        raise DataError(msg)
+    shared = np.flatnonzero(in_c & in_r)
+    overlap = {
+        "n": len(shared),
+        "jaccard": float(len(shared) / np.count_nonzero(in_c | in_r)),
+        "genes": [data.genes[j] for j in shared],
+    }
+
+    # the panel run's split and preprocessing
+    split = make_split(n, sel_cfg.split, sel_cfg.seed, data.obs)
+    run = _run_record(folder)
+    same_split = None
+    if run is not None:
+        same_split = (run["data"]["n_samples"] == n and run["data"]["split"] == split.sizes())
+        if not same_split:
+            log.warning("the data differ from the panel's run (%s samples there, %d here): "
+                        "the split is not the one the panel was selected on",
+                        run["data"]["n_samples"], n)
+    pre = model.pre
+    t = time.perf_counter()
+    train = dense_rows(data, pre, split.train)
+    val = dense_rows(data, pre, split.val) if len(split.val) else None
+    test = dense_rows(data, pre, split.test)
+    timings["preprocess"] = time.perf_counter() - t
+
+    # fit and score
+    t = time.perf_counter()
+    records, corr = _fit_all(data, pre, split, panels, train, val, test, neither, cfg, seed,
+                             progress=progress)
+    timings["decoders"] = time.perf_counter() - t
+    trials_df = pd.DataFrame(records)
+    summary = _summarise(trials_df)
+    per_gene = pd.DataFrame({
+        "gene": data.genes, "in_candidate": in_c, "in_reference": in_r,
+        "test_variance": test.var(axis=0),
+    })
+    for (pname, dec), r in corr.items():
+        full = np.full(d, np.nan)
+        full[neither] = r
+        per_gene[f"pearson_{pname}_{dec}"] = full
+
+    fair = len(cand) == len(ref)
+    fairness = (
+        "same size: a fair comparison" if fair else
+        f"sizes differ ({len(cand)} vs {len(ref)} genes): the larger panel has an advantage; "
+        "compare MSE on the genes in neither panel, and the size sweep (--sweep)"
+    )
+    info: dict[str, Any] = {
+        "data": data.source, "n_samples": n, "n_genes": d, "split": split.sizes(),
+        "split_rule": {"seed": sel_cfg.seed, **sel_cfg.split.__dict__},
+        "same_split_as_panel_run": same_split,
+        "preprocess": pre.to_dict(),
+        "panel_run": str(folder) if folder is not None else "in memory",
+        "candidate_size": len(cand), "reference_name": mapping.name,
+        "reference_size": len(ref), "reference_listed": mapping.n_reference,
+        "reference_not_found": mapping.not_found, "reference_matched_by": mapping.by_source,
+        "fair": fair, "fairness": fairness, "n_genes_neither": int(neither.sum()),
+        "config": {**cfg.__dict__, "mlp_hidden": [list(h) for h in cfg.mlp_hidden],
+                   "sweep_sizes": list(cfg.sweep_sizes) if cfg.sweep_sizes else None,
+                   "seed": seed},
+    }
+
+    sweep_df = None
+    if cfg.sweep:
+        t = time.perf_counter()
+        sweep_df, match = _sweep(data, pre, split, sel_cfg, cfg, ref, cand, summary, test,
+                                 progress=progress)
+        info["sweep_match"] = match
+        timings["sweep"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    info["timings_seconds"] = timings
+    res = CompareResult(trials=trials_df, summary=summary, per_gene=per_gene, overlap=overlap,
+                        mapping=mapping, sweep=sweep_df, info=info, timings=timings)
+    if outdir is not None:
+        staging = outdir.prepare()
+        _write_outputs(staging, res)
+        res.out = outdir.commit()
+    return res
+
+
+def _fit_all(
+    data: ExpressionData,
+    pre: Preprocessor,
+    split: Split,
+    panels: dict[str, np.ndarray],
+    train: np.ndarray,
+    val: np.ndarray | None,
+    test: np.ndarray,
+    neither: np.ndarray,
+    cfg: CompareConfig,
+    seed: int,
+    *,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
+    from genepanel.evaluate import fit_linear
+
+    records: list[dict[str, Any]] = []
+    corr: dict[tuple[str, str], np.ndarray] = {}
+    fits = fit_linear(data, pre, split.train, panels)
+    for pname, idx in panels.items():
+        s = _scores(test, fits[pname].predict(test[:, idx]), neither)
+        corr[(pname, "linear")] = s.pop("_pearson")
+        records.append({"panel": pname, "decoder": "linear", "trial": 0, "panel_size": len(idx),
+                        **s, "epochs_run": 0, "best_epoch": 0})
+        if progress:
+            log.info("linear  %-9s test MSE all %.4g, neither %.4g", pname, s["mse_all"],
+                     s["mse_neither"])
+    for hidden in cfg.mlp_hidden:
+        dec = decoder_name(hidden)
+        for pname, idx in panels.items():
+            fitter = MLPFitter(len(idx), train.shape[1], hidden, cfg.learning_rate)
+            rs = []
+            for trial in range(cfg.trials):
+                params, fit_info = fitter.fit(
+                    train[:, idx], train, val[:, idx] if val is not None else None, val,
+                    seed=int(seed) * 1000 + trial, epochs=cfg.epochs, patience=cfg.patience,
+                    batch_size=cfg.batch_size,
+                )
+                s = _scores(test, fitter.predict(params, test[:, idx]), neither)
+                rs.append(s.pop("_pearson"))
+                records.append({"panel": pname, "decoder": dec, "trial": trial,
+                                "panel_size": len(idx), **s,
+                                "epochs_run": fit_info["epochs_run"],
+                                "best_epoch": fit_info["best_epoch"]})
+                if progress:
+                    log.info("%s %-9s trial %d: test MSE all %.4g, neither %.4g (%d epochs)",
+                             dec, pname, trial, s["mse_all"], s["mse_neither"],
+                             fit_info["epochs_run"])
+            with warnings.catch_warnings():  # genes constant on the test rows stay NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                corr[(pname, dec)] = np.nanmean(np.stack(rs), axis=0)
+    return records, corr
+
+
+_METRICS = ("mse_all", "mse_neither", "pearson_mean_neither", "pearson_median_neither")
+
+
+def _summarise(trials: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    order = list(dict.fromkeys(trials["decoder"]))
+    for dec in order:
+        for pname in PANELS:
+            t = trials[(trials["decoder"] == dec) & (trials["panel"] == pname)]
+            row: dict[str, Any] = {"decoder": dec, "panel": pname,
+                                   "panel_size": int(t["panel_size"].iloc[0]),
+                                   "n_trials": len(t)}
+            for m in _METRICS:
+                row[f"{m}_mean"] = float(t[m].mean())
+                row[f"{m}_sd"] = float(t[m].std(ddof=1)) if len(t) > 1 else 0.0
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _default_sweep_sizes(n_ref: int, n_genes: int) -> tuple[int, ...]:
+    sizes = {max(1, round(n_ref * f)) for f in (0.25, 0.5, 0.75, 1.0)}
+    return tuple(sorted(s for s in sizes if s < n_genes))
+
+
+def _sweep(
+    data: ExpressionData,
+    pre: Preprocessor,
+    split: Split,
+    sel_cfg: Any,
+    cfg: CompareConfig,
+    ref: np.ndarray,
+    cand: np.ndarray,
+    summary: pd.DataFrame,
+    test: np.ndarray,
+    *,
+    progress: bool,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """CAE panels of several sizes; linear-decoder test MSE over all genes for each."""
+    from genepanel.api import select_panel
+    from genepanel.evaluate import fit_linear
+
+    d = data.shape[1]
+    sizes = cfg.sweep_sizes or _default_sweep_sizes(len(ref), d)
+    too_big = [s for s in sizes if s >= d]
+    if too_big:
+        msg = f"--sweep-sizes {too_big[0]} is not below the number of genes ({d})"
+        raise UsageError(msg)
+    changes: dict[str, Any] = {}
+    if cfg.sweep_epochs is not None:
+        changes["train.max_epochs"] = cfg.sweep_epochs
+    rows = []
+    for k in sizes:
+        t = time.perf_counter()
+        res = select_panel(data, sel_cfg.replace(k=int(k), **changes), None,
+                           evaluate_baselines=False)
+        idx = np.sort(res.panel.indices)
+        fit = fit_linear(data, pre, split.train, {"p": idx})["p"]
+        mse = float(np.mean(np.square(fit.predict(test[:, idx]) - test)))
+        rows.append({"panel": "cae_sweep", "size": int(k), "mse_all_linear": mse,
+                     "converged": bool(res.fit.converged), "epochs_run": res.fit.epochs_run,
+                     "overlap_with_reference": int(np.intersect1d(idx, ref).size),
+                     "seconds": time.perf_counter() - t})
+        if progress:
+            log.info("sweep: CAE panel of %d genes: linear test MSE %.4g", k, mse)
+    lin = summary[summary["decoder"] == "linear"].set_index("panel")
+    rows.append({"panel": "candidate", "size": len(cand),
+                 "mse_all_linear": float(lin.loc["candidate", "mse_all_mean"])})
+    rows.append({"panel": "reference", "size": len(ref),
+                 "mse_all_linear": float(lin.loc["reference", "mse_all_mean"])})
+    df = pd.DataFrame(rows)
+    ref_mse = float(lin.loc["reference", "mse_all_mean"])
+    cae = df[df["panel"] == "cae_sweep"].sort_values("size")
+    hit = cae[cae["mse_all_linear"] <= ref_mse]
+    if len(hit):
+        k = int(hit["size"].iloc[0])
+        text = (f"sweep: a CAE panel of {k} genes matches the reference's linear test MSE "
+                f"({hit['mse_all_linear'].iloc[0]:.4g} ≤ {ref_mse:.4g}, reference "
+                f"{len(ref)} genes)")
+    else:
+        k = None
+        text = (f"sweep: no swept size ({', '.join(map(str, cae['size']))}) reached the "
+                f"reference's linear test MSE {ref_mse:.4g}")
+    return df, {"smallest_matching_size": k, "reference_mse_all_linear": ref_mse, "text": text}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _write_outputs(folder: Path, res: CompareResult) -> None:
+    files = ["report.md", "summary.tsv", "trials.tsv", "per_gene.tsv", "reference_mapping.tsv",
+             "comparison.json", "mse_by_decoder.png"]
+    write_tsv(folder / "summary.tsv", res.summary)
+    write_tsv(folder / "trials.tsv", res.trials)
+    write_tsv(folder / "per_gene.tsv", res.per_gene)
+    write_tsv(folder / "reference_mapping.tsv", res.mapping.table)
+    plot_bars(res.summary, folder / "mse_by_decoder.png")
+    if res.sweep is not None:
+        write_tsv(folder / "sweep.tsv", res.sweep)
+        plot_sweep(res.sweep, folder / "sweep.png")
+        files += ["sweep.tsv", "sweep.png"]
+    res.info["files"] = files
+    write_json(folder / "comparison.json", {
+        **res.info,
+        "overlap": res.overlap,
+        "summary": res.summary.to_dict(orient="records"),
+        "trials": res.trials.to_dict(orient="records"),
+        "sweep": res.sweep.to_dict(orient="records") if res.sweep is not None else None,
+    })
+    from genepanel.io import atomic_write
+
+    with atomic_write(folder / "report.md") as fh:
+        fh.write(report_markdown(res))
+
+
+def plot_bars(summary: pd.DataFrame, path: Path) -> None:
+    """Plot grouped bars (mean ± sd) of test MSE over all genes and genes in neither panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from genepanel.io import atomic_write
+
+    decs = list(dict.fromkeys(summary["decoder"]))
+    x = np.arange(len(decs))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, title in zip(axes, ("mse_all", "mse_neither"),
+                                 ("all genes", "genes in neither panel"), strict=True):
+        for j, (pname, color) in enumerate(zip(PANELS, ("tab:blue", "tab:gray"), strict=True)):
+            rows = summary[summary["panel"] == pname].set_index("decoder").loc[decs]
+            size = int(rows["panel_size"].iloc[0])
+            ax.bar(x + (j - 0.5) * 0.38, rows[f"{metric}_mean"], 0.38,
+                   yerr=rows[f"{metric}_sd"], capsize=3, color=color,
+                   label=f"{pname} ({size} genes)")
+        ax.set_xticks(x, decs)
+        ax.set_ylabel("test MSE (preprocessed scale)")
+        ax.set_title(f"test MSE, {title}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
+    """Linear-decoder test MSE against panel size (the paper's Fig. 6b)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from genepanel.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cae = sweep[sweep["panel"] == "cae_sweep"].sort_values("size")
+    ax.plot(cae["size"], cae["mse_all_linear"], "o-", label="CAE panels (sweep)")
+    c = sweep[sweep["panel"] == "candidate"].iloc[0]
+    r = sweep[sweep["panel"] == "reference"].iloc[0]
+    ax.plot([c["size"]], [c["mse_all_linear"]], "s", color="tab:blue", label="candidate panel")
+    ax.axhline(r["mse_all_linear"], color="tab:gray", ls="--",
+               label=f"reference ({int(r['size'])} genes)")
+    ax.plot([r["size"]], [r["mse_all_linear"]], "D", color="tab:gray")
+    ax.set_xlabel("panel size (genes)")
+    ax.set_ylabel("linear decoder test MSE, all genes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _fmt(mean: float, sd: float, n: int) -> str:
+    return f"{mean:.4g}" if n <= 1 else f"{mean:.4g} ± {sd:.2g}"
+
+
+def report_markdown(res: CompareResult) -> str:
+    """Write the short human-readable report (``report.md``) as Markdown text."""
+    i, s = res.info, res.summary
+    lines = [
+        "# Panel comparison",
+        "",
+        f"- Data: `{i['data']}`: {i['n_samples']} samples × {i['n_genes']} genes; split "
+        f"train/val/test {i['split']['train']}/{i['split']['val']}/{i['split']['test']} "
+        f"(the panel run's rule, seed {i['split_rule']['seed']}); preprocessing "
+        f"`{i['preprocess']['kind']}` with the run's fitted statistics.",
+        f"- Candidate: the panel of `{i['panel_run']}`, {i['candidate_size']} genes.",
+        f"- Reference: {i['reference_name']}, {i['reference_size']} of "
+        f"{i['reference_listed']} found in the data.",
+        f"- Overlap: {res.overlap['n']} genes (Jaccard {res.overlap['jaccard']:.3f}); "
+        f"{i['n_genes_neither']} genes are in neither panel.",
+        f"- **Fairness:** {i['fairness']}.",
+    ]
+    if i.get("same_split_as_panel_run") is False:
+        lines.append("- **Note:** the data differ from the panel's run, so its split differs too.")
+    lines += [
+        "",
+        "Test-set metrics on the preprocessed scale, mean ± sd over trials (the linear "
+        "regression is deterministic: one fit). `MSE neither` uses only the genes in neither "
+        "panel (the same genes for both); `MSE all` counts each panel's own genes too.",
+        "",
+        "| decoder | panel | genes | MSE all | MSE neither | Pearson r mean (neither) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for _, r in s.iterrows():
+        lines.append(
+            f"| {r['decoder']} | {r['panel']} | {r['panel_size']} | "
+            f"{_fmt(r['mse_all_mean'], r['mse_all_sd'], r['n_trials'])} | "
+            f"{_fmt(r['mse_neither_mean'], r['mse_neither_sd'], r['n_trials'])} | "
+            f"{_fmt(r['pearson_mean_neither_mean'], r['pearson_mean_neither_sd'], r['n_trials'])} |"
+        )
+    lines += ["", "Candidate / reference ratio of `MSE neither` (below 1: candidate better):", ""]
+    for dec in dict.fromkeys(s["decoder"]):
+        t = s[s["decoder"] == dec].set_index("panel")
+        ratio = t.loc["candidate", "mse_neither_mean"] / t.loc["reference", "mse_neither_mean"]
+        lines.append(f"- {dec}: {ratio:.3f}")
+    if res.sweep is not None:
+        lines += ["", "## Panel-size sweep", "", i["sweep_match"]["text"] + ".", "",
+                  "| panel | genes | linear test MSE (all genes) |", "|---|---:|---:|"]
+        for _, r in res.sweep.sort_values("size").iterrows():
+            lines.append(f"| {r['panel']} | {int(r['size'])} | {r['mse_all_linear']:.4g} |")
+        lines += ["", "![sweep](sweep.png)"]
+    nf = i["reference_not_found"]
+    missing = (
+        f"Not found ({len(nf)}): {', '.join(nf[:50])}{' …' if len(nf) > 50 else ''} "
+        "(see reference_mapping.tsv)." if nf else "Not found: none."
+    )
+    lines += [
+        "",
+        "## Reference mapping",
+        "",
+        "Matched through: "
+        + ", ".join(f"{k} ({v})" for k, v in i["reference_matched_by"].items()) + ".",
+        missing,
+        "",
+        "![MSE by decoder](mse_by_decoder.png)",
+        "",
+        "Files: summary.tsv (mean ± sd), trials.tsv (every fit), per_gene.tsv (per-gene "
+        "test correlation), reference_mapping.tsv, comparison.json (all numbers).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["CompareConfig", "CompareResult", "MLPFitter", "compare_landmarks", "parse_sizes"]
