@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from genepanel.cli import benchmark as _benchmark
+from genepanel.cli import compare as _compare
+from genepanel.cli import impute as _impute
 from genepanel.cli import select as _select
 
 app = typer.Typer(
@@ -14,6 +17,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("select")(_select.select)
+app.command("impute")(_impute.impute)
+app.command("compare-landmarks")(_compare.compare_landmarks)
+app.command("benchmark")(_benchmark.benchmark)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,92 @@
+"""``genepanel benchmark``: the concrete autoencoder against the usual baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from genepanel.cli.common import EpochReporter, log, run_command, setup_logging
+
+
+def benchmark(
+    data: Path = typer.Argument(
+        ..., help="Expression matrix: .h5ad, plain HDF5 (with --dataset) or .npz (X, y, "
+        "feature_names)."
+    ),
+    k: int | None = typer.Option(
+        None, "--k", help="Panel size (number of genes). [default: 50]"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="obs column with class labels: adds ExtraTrees accuracy "
+        "(for .npz input: y)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML config; flags override it."
+    ),
+    seed: int | None = typer.Option(
+        None, help="Random seed of the split, the selector and the baselines."
+    ),
+    methods: str = typer.Option(
+        "cae,random,hvg,laplacian,pfa,pca", help="Comma-separated methods to run."
+    ),
+    n_random: int = typer.Option(5, help="Number of random panels (mean ± sd reported)."),
+    layer: str | None = typer.Option(None, help="AnnData layer to use instead of X."),
+    gene_column: str | None = typer.Option(
+        None, help="var column with gene names (default var_names)."
+    ),
+    dataset: str | None = typer.Option(
+        None, help="Plain HDF5: path of the 2-D matrix in the file."
+    ),
+    genes: str | None = typer.Option(
+        None, help="Plain HDF5: gene names (dataset path or text file)."
+    ),
+    stream: bool | None = typer.Option(
+        None, "--stream/--no-stream",
+        help="Read minibatches from disk instead of loading the matrix (default: automatic).",
+    ),
+    preprocess: str | None = typer.Option(
+        None, help="none | log1p | standardize | log1p+standardize. [default: none]"
+    ),
+    split_column: str | None = typer.Option(
+        None, help="obs column with train/val/test per sample."
+    ),
+    epochs: int | None = typer.Option(None, help="Selector epoch cap and annealing length E."),
+    batch_size: int | None = typer.Option(None, help="Selector minibatch size."),
+    lr: float | None = typer.Option(None, help="Selector Adam learning rate."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
+) -> None:
+    """Compare the concrete autoencoder with random, HVG, Laplacian-score and PFA panels."""
+    setup_logging(verbose)
+    flags: dict[str, Any] = {
+        "k": k, "seed": seed, "preprocess": preprocess,
+        "input.layer": layer, "input.gene_column": gene_column, "input.dataset": dataset,
+        "input.genes": genes, "split.column": split_column,
+        "input.stream": None if stream is None else ("yes" if stream else "no"),
+        "train.max_epochs": epochs, "train.batch_size": batch_size, "train.learning_rate": lr,
+    }
+
+    def work() -> None:
+        from genepanel import config as cfgmod
+
+        base = cfgmod.load_yaml(config) if config is not None else {}
+        changes = {key: v for key, v in flags.items() if v is not None}
+        cfg = cfgmod.from_dict(base).replace(**changes)
+
+        from genepanel.benchmark import markdown_table, run_benchmark
+
+        reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet)
+        try:
+            res = run_benchmark(data, cfg, out, labels=labels, methods=methods.split(","),
+                                n_random=n_random, overwrite=overwrite, on_epoch=reporter)
+        finally:
+            reporter.close()
+        log.info("benchmark of k = %d written to %s", cfg.k, res.out)
+        if not quiet:
+            typer.echo(markdown_table(res.table), nl=False)
+
+    run_command(work, verbose)
