@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from genepanel.config import SelectConfig
+from genepanel.constraints import Constraints
+from genepanel.constraints import resolve as resolve_constraints
 from genepanel.data import Preprocessor, Split, make_split
 from genepanel.errors import UsageError
 from genepanel.evaluate import fit_linear, hvg_panel, linear_test_mse, pca_bound, random_panels
@@ -26,10 +28,10 @@ from genepanel.io import (
     write_tsv,
 )
 from genepanel.panel import Panel, extract_panel, panel_table, related_groups
-from genepanel.plots import plot_history
+from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
-from genepanel.train import FitResult, RowSource, Trainer, fit
+from genepanel.train import FitResult, RowSource, Trainer, eval_chunk, fit
 
 log = logging.getLogger("genepanel")
 
@@ -51,6 +53,7 @@ class SelectResult:
     model: FittedModel
     out: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    stability: dict[str, Any] | None = None
 
 
 def load_input(path: str | Path, cfg: SelectConfig) -> ExpressionData:
@@ -64,6 +67,47 @@ def load_input(path: str | Path, cfg: SelectConfig) -> ExpressionData:
         path, layer=i.layer, gene_column=i.gene_column, dataset=i.dataset, genes=i.genes,
         genes_by_samples=i.genes_by_samples, stream=stream,
     )
+
+
+@dataclass
+class _Prepared:
+    """Loaded data, split, fitted preprocessing and row sources, shared by every panel."""
+
+    data: ExpressionData
+    split: Split
+    pre: Preprocessor
+    train: RowSource
+    val: RowSource | None
+    test: RowSource
+    timings: dict[str, float]
+
+
+def _prepare(data: ExpressionData, cfg: SelectConfig) -> _Prepared:
+    t = time.perf_counter()
+    n, d = data.shape
+    split = make_split(n, cfg.split, cfg.seed, data.obs)
+    pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(data, split.train)
+    budget = cfg.train.device_memory_budget_gb * 2**30
+    # Fast path: the training matrix lives on the device. Several processes stream
+    # instead, each reading only its own rows of every minibatch.
+    materialize = (
+        len(split.train) * d * 4 <= budget and jax.process_count() == 1 and not data.is_backed
+    )
+    return _Prepared(
+        data=data,
+        split=split,
+        pre=pre,
+        train=RowSource(data, pre, split.train, materialize=materialize),
+        val=RowSource(data, pre, split.val, materialize=materialize) if len(split.val) else None,
+        test=RowSource(data, pre, split.test, materialize=False),
+        timings={"preprocess": time.perf_counter() - t},
+    )
+
+
+def _check_k(k: int, d: int) -> None:
+    if k >= d:
+        msg = f"--k {k} must be smaller than the number of genes ({d}); choose k < {d}"
+        raise UsageError(msg)
 
 
 def select_panel(
@@ -98,68 +142,132 @@ def select_panel(
     stop_after_epochs
         Testing aid: interrupt (with a checkpoint) after that many epochs.
     """
+    results = select_panels(
+        data, cfg, [cfg.k], out, overwrite=overwrite, resume=resume, on_epoch=on_epoch,
+        evaluate_baselines=evaluate_baselines, stop_after_epochs=stop_after_epochs,
+    )
+    return results[0]
+
+
+def select_panels(
+    data: ExpressionData | str | Path,
+    cfg: SelectConfig,
+    ks: list[int],
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    evaluate_baselines: bool = True,
+    stop_after_epochs: int | None = None,
+) -> list[SelectResult]:
+    """Select one panel per size in ``ks``, sharing loading, split and preprocessing.
+
+    With one size the run folder is ``out`` itself; with several, each size gets
+    ``out/k<size>/`` (a complete run folder) and ``out/sizes.tsv`` + ``out/sizes.png``
+    show the error against panel size. Other parameters as :func:`select_panel`.
+    """
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    ks = list(dict.fromkeys(int(k) for k in ks))
+    for k in ks:
+        cfg.replace(k=k)  # validates every size before any work
     outdir = OutputDir(out, overwrite=overwrite, resume=resume) if out is not None else None
     if outdir is not None:
         outdir.check()
     if not isinstance(data, ExpressionData):
         data = load_input(data, cfg)
-    timings["load"] = time.perf_counter() - t0
-    n, d = data.shape
-    if cfg.k >= d:
-        msg = f"--k {cfg.k} must be smaller than the number of genes ({d}); choose k < {d}"
-        raise UsageError(msg)
-    split = make_split(n, cfg.split, cfg.seed, data.obs)
+    load_s = time.perf_counter() - t0
+    for k in ks:
+        _check_k(k, data.shape[1])
+    constraints = [
+        resolve_constraints(data.genes, k, cfg.include, cfg.exclude, cfg.candidates) for k in ks
+    ]
+    prep = _prepare(data, cfg)
+    prep.timings["load"] = load_s
 
     main = is_main_process()
     staging = None
     if outdir is not None:
         # Only process 0 writes; the others train alongside it and write nothing.
         staging = outdir.prepare() if main else outdir.staging
-    ckpt = staging / "checkpoints" / "state.msgpack" if staging is not None else None
-    if staging is not None and main:
-        _check_resume_config(staging, cfg, resume)
+        if main:
+            _check_resume_config(staging, cfg, ks, resume)
+    results = []
+    for k, con in zip(ks, constraints, strict=True):
+        folder = None if staging is None else (staging if len(ks) == 1 else staging / f"k{k}")
+        sel = _select_one(
+            prep, cfg.replace(k=k), con, folder, staging, resume=resume, on_epoch=on_epoch,
+            evaluate_baselines=evaluate_baselines, stop_after_epochs=stop_after_epochs,
+        )
+        if folder is not None and main:
+            _write_run(folder, sel)
+        results.append(sel)
+    if outdir is not None and main:
+        if len(ks) > 1:
+            _write_sizes(staging, results)
+        committed = outdir.commit()
+        for k, sel in zip(ks, results, strict=True):
+            sel.out = committed if len(ks) == 1 else committed / f"k{k}"
+    return results
 
-    t = time.perf_counter()
-    pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(data, split.train)
-    budget = cfg.train.device_memory_budget_gb * 2**30
-    # Fast path: the training matrix lives on the device. Several processes stream
-    # instead, each reading only its own rows of every minibatch.
-    materialize = (
-        len(split.train) * d * 4 <= budget and jax.process_count() == 1 and not data.is_backed
-    )
-    train_src = RowSource(data, pre, split.train, materialize=materialize)
-    val_src = RowSource(data, pre, split.val, materialize=materialize) if len(split.val) else None
-    test_src = RowSource(data, pre, split.test, materialize=False)
-    timings["preprocess"] = time.perf_counter() - t
 
+def _select_one(
+    prep: _Prepared,
+    cfg: SelectConfig,
+    con: Constraints,
+    folder: Path | None,
+    staging: Path | None,
+    *,
+    resume: bool,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+    evaluate_baselines: bool,
+    stop_after_epochs: int | None,
+) -> SelectResult:
+    data, split, pre = prep.data, prep.split, prep.pre
+    d = data.shape[1]
+    timings = dict(prep.timings)
     t = time.perf_counter()
-    mesh = data_mesh()
-    trainer = Trainer(cfg.k, d, cfg.model.hidden, cfg.train, cfg.seed, mesh)
-    result = fit(trainer, train_src, val_src, on_epoch=on_epoch, checkpoint=ckpt, resume=resume,
-                 stop_after_epochs=stop_after_epochs)
+    trainer = Trainer(cfg.k, d, cfg.model.hidden, cfg.train, cfg.seed, data_mesh(),
+                      mask=con.mask(cfg.k) if con.active else None)
+    fits_by_seed, val_mse = [], []
+    for r in range(cfg.train.restarts):
+        ckpt = None
+        if staging is not None:
+            tag = "" if folder == staging else f"{folder.name}_"
+            ckpt = staging / "checkpoints" / f"{tag}state{'' if r == 0 else f'_r{r}'}.msgpack"
+        if on_epoch is not None and cfg.train.restarts > 1:
+            on_epoch({"run": r + 1, "runs": cfg.train.restarts, "seed": cfg.seed + r})
+        result = fit(trainer, prep.train, prep.val, on_epoch=on_epoch, checkpoint=ckpt,
+                     resume=resume, stop_after_epochs=stop_after_epochs, seed=cfg.seed + r)
+        fits_by_seed.append(result)
+        last = result.history[-1] if result.history else {}
+        val_mse.append(last.get("val_loss", float("nan")) if prep.val is not None
+                       else last.get("train_loss", float("nan")))
+    best = int(np.nanargmin(val_mse)) if np.isfinite(val_mse).any() else 0
+    result = fits_by_seed[best]
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
     logits = np.asarray(result.params["selector"]["logits"])
     panel = extract_panel(logits)
-    table = panel_table(panel, data.genes)
+    table = panel_table(panel, data.genes, fixed=len(con.include))
     groups = related_groups(logits, data.genes, panel, cfg.n_related)
+    stability = None
+    if cfg.train.restarts > 1:
+        panels = [extract_panel(np.asarray(f.params["selector"]["logits"])).indices
+                  for f in fits_by_seed]
+        stability = panel_stability(panels, data.genes, val_mse, best, cfg.seed)
 
-    from genepanel.train import _eval_chunk
-
-    chunk = _eval_chunk(test_src.n, trainer.n_devices)
+    chunk = eval_chunk(prep.test.n, trainer.n_devices)
     metrics: dict[str, Any] = {
-        "trained_decoder_test_mse": trainer.sse(result.params, test_src, panel.indices, chunk)
+        "trained_decoder_test_mse": trainer.sse(result.params, prep.test, panel.indices, chunk)
     }
-    panels = {"cae": panel.indices}
-    hvg_method = None
+    panels_to_score = {"cae": panel.indices}
     if evaluate_baselines:
         for i, p in enumerate(random_panels(d, cfg.k, cfg.seed, N_RANDOM_PANELS)):
-            panels[f"random_{i}"] = p
-        panels["hvg"], hvg_method = hvg_panel(data, pre, split.train, cfg.k)
-    fits = fit_linear(data, pre, split.train, panels)
+            panels_to_score[f"random_{i}"] = p
+        panels_to_score["hvg"], hvg_method = hvg_panel(data, pre, split.train, cfg.k)
+    fits = fit_linear(data, pre, split.train, panels_to_score)
     mse = linear_test_mse(data, pre, split.test, fits)
     metrics["linear_refit_test_mse"] = mse["cae"]
     if evaluate_baselines:
@@ -173,9 +281,10 @@ def select_panel(
         pca = pca_bound(data, pre, split.train, split.test, cfg.k, cfg.seed)
         metrics["pca_bound_test_mse"] = pca["mse"]
         metrics["pca_components"] = pca["components"]
-    metrics["test_variance"] = _test_variance(test_src)
+    metrics["test_variance"] = _test_variance(prep.test)
     timings["evaluate"] = time.perf_counter() - t
 
+    run_cfg = cfg.replace(seed=cfg.seed)  # the resolved config
     model = FittedModel(
         panel_genes=[data.genes[i] for i in panel.indices],
         genes=list(data.genes),
@@ -184,24 +293,95 @@ def select_panel(
         params=result.params["decoder"],
         linear=fits["cae"],
         pre=pre,
-        meta={"config": cfg.to_dict(), "seed": cfg.seed, "versions": versions(),
+        meta={"config": run_cfg.to_dict(), "seed": cfg.seed + best, "versions": versions(),
               "source": data.source, "metrics": metrics},
     )
-    timings["total"] = time.perf_counter() - t0
+    timings["total"] = sum(timings.values())
     run = _run_record(cfg, data, split, result, panel, metrics, timings)
-    sel = SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
-                       fit=result, metrics=metrics, run=run, split=split, model=model,
-                       timings=timings)
-    if outdir is not None and main:
-        write_tsv(staging / "panel.tsv", table)
-        write_tsv(staging / "groups.tsv", groups)
-        epochs = [h for h in result.history if "epoch" in h]
-        write_tsv(staging / "history.tsv", pd.DataFrame(epochs))
-        plot_history(result.history, staging / "history.png")
-        save_model(staging, model)
-        write_json(staging / "run.json", run)
-        sel.out = outdir.commit()
-    return sel
+    run["seed"] = cfg.seed + best
+    if con.active:
+        run["constraints"] = con.report
+    if stability is not None:
+        run["restarts"] = stability["summary"]
+    return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
+                        fit=result, metrics=metrics, run=run, split=split, model=model,
+                        timings=timings, stability=stability)
+
+
+def _write_run(folder: Path, sel: SelectResult) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tsv(folder / "panel.tsv", sel.panel_table)
+    write_tsv(folder / "groups.tsv", sel.groups)
+    epochs = [h for h in sel.fit.history if "epoch" in h]
+    write_tsv(folder / "history.tsv", pd.DataFrame(epochs))
+    plot_history(sel.fit.history, folder / "history.png")
+    if sel.stability is not None:
+        write_tsv(folder / "stability.tsv", sel.stability["genes"])
+        write_tsv(folder / "restarts.tsv", sel.stability["runs"])
+    save_model(folder, sel.model)
+    write_json(folder / "run.json", sel.run)
+
+
+def _write_sizes(staging: Path, results: list[SelectResult]) -> None:
+    rows = []
+    for sel in results:
+        m = sel.metrics
+        rows.append({
+            "k": len(sel.panel.indices),
+            "linear_refit_test_mse": m["linear_refit_test_mse"],
+            "trained_decoder_test_mse": m["trained_decoder_test_mse"],
+            "random_panel_test_mse": m.get("random_panel_test_mse", {}).get("mean"),
+            "hvg_panel_test_mse": m.get("hvg_panel_test_mse"),
+            "pca_bound_test_mse": m.get("pca_bound_test_mse"),
+            "converged": sel.fit.converged,
+            "epochs_run": sel.fit.epochs_run,
+        })
+    table = pd.DataFrame(rows)
+    write_tsv(staging / "sizes.tsv", table)
+    plot_sizes(table, staging / "sizes.png")
+
+
+def panel_stability(
+    panels: list[np.ndarray], genes: list[str], val_mse: list[float], best: int, seed: int
+) -> dict[str, Any]:
+    """Agreement of panels trained from different seeds.
+
+    Returns ``summary`` (mean and minimum pairwise Jaccard index, genes chosen every
+    time, the kept run), ``genes`` (a table: how often each chosen gene was picked)
+    and ``runs`` (one row per restart).
+    """
+    sets = [set(map(int, p)) for p in panels]
+    pairs = [(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets))]
+    jac = [len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for i, j in pairs]
+    always = sorted(set.intersection(*sets))
+    counts: dict[int, int] = {}
+    for s_ in sets:
+        for g in s_:
+            counts[g] = counts.get(g, 0) + 1
+    order = sorted(counts, key=lambda g: (-counts[g], genes[g]))
+    gene_table = pd.DataFrame({
+        "gene": [genes[g] for g in order],
+        "times_selected": [counts[g] for g in order],
+        "fraction": [counts[g] / len(sets) for g in order],
+        "in_kept_panel": [g in sets[best] for g in order],
+    })
+    runs = pd.DataFrame({
+        "restart": range(len(panels)),
+        "seed": [seed + r for r in range(len(panels))],
+        "val_mse": val_mse,
+        "kept": [r == best for r in range(len(panels))],
+        "genes": [",".join(genes[g] for g in p) for p in panels],
+    })
+    summary = {
+        "n": len(panels),
+        "kept_restart": best,
+        "kept_seed": seed + best,
+        "jaccard_mean": float(np.mean(jac)),
+        "jaccard_min": float(np.min(jac)),
+        "genes_in_every_panel": [genes[g] for g in always],
+        "n_genes_in_every_panel": len(always),
+    }
+    return {"summary": summary, "genes": gene_table, "runs": runs}
 
 
 def _test_variance(src: RowSource) -> float:
@@ -215,22 +395,24 @@ def _test_variance(src: RowSource) -> float:
     return float(np.mean(s2 / src.n - mean * mean))
 
 
-def _check_resume_config(staging: Path, cfg: SelectConfig, resume: bool) -> None:  # noqa: FBT001
+def _check_resume_config(
+    staging: Path, cfg: SelectConfig, ks: list[int], resume: bool  # noqa: FBT001
+) -> None:
     import json
 
     path = staging / "checkpoints" / "config.json"
+    want = {**cfg.to_dict(), "panel_sizes": ks}
     if resume and path.exists():
         saved = json.loads(path.read_text())
-        if saved != cfg.to_dict():
-            changed = sorted(k for k in set(saved) | set(cfg.to_dict())
-                             if saved.get(k) != cfg.to_dict().get(k))
+        if saved != want:
+            changed = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
             msg = (
                 f"--resume: the options differ from the interrupted run ({', '.join(changed)}); "
                 "resume with the same options or start again with --overwrite"
             )
             raise UsageError(msg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, cfg.to_dict())
+    write_json(path, want)
 
 
 def _run_record(

@@ -72,6 +72,8 @@ class TrainConfig:
     per-node maximum selection probability exceeds ``stop_threshold``. With
     ``retry_unconverged`` (the reference code's behaviour) a run that reaches the cap
     without converging starts again with twice the epochs, at most ``max_retries`` times.
+    ``restarts`` trains that many times from different seeds (``seed``, ``seed + 1``, …,
+    on the same split) and keeps the panel with the lowest validation error.
     """
 
     max_epochs: int = 300
@@ -85,17 +87,26 @@ class TrainConfig:
     max_retries: int = 2
     device_memory_budget_gb: float = 2.0
     checkpoint_every: int = 25
+    restarts: int = 1
 
 
 @dataclass(frozen=True)
 class SelectConfig:
-    """Everything ``genepanel select`` needs besides the input path and output folder."""
+    """Everything ``genepanel select`` needs besides the input path and output folder.
+
+    ``include`` genes must be in the panel (they count towards ``k``), ``exclude`` names
+    or shell patterns (``MT-*``) must not be, and with ``candidates`` the panel comes from
+    that list only. Each accepts a list, ``"A,B,C"`` or ``"@file"``.
+    """
 
     k: int = 50
     seed: int = 0
     preprocess: str = "none"
     target_sum: float | None = None
     n_related: int = 3
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
     input: InputConfig = field(default_factory=InputConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -108,6 +119,8 @@ class SelectConfig:
         """Plain nested dict (for JSON and YAML)."""
         d = dataclasses.asdict(self)
         d["model"]["hidden"] = list(self.model.hidden)
+        for key in ("include", "exclude", "candidates"):
+            d[key] = list(d[key])
         return d
 
     def replace(self, **changes: Any) -> SelectConfig:
@@ -164,6 +177,10 @@ def from_dict(data: dict[str, Any]) -> SelectConfig:
             if key == "model" and "hidden" in section:
                 section["hidden"] = parse_hidden(section["hidden"])
             kwargs[key] = _build(_SECTIONS[key], section, f"{key}.")
+        elif key in ("include", "exclude", "candidates"):
+            from genepanel.constraints import parse_gene_list
+
+            kwargs[key] = parse_gene_list(value, f"--{key}")
         else:
             kwargs[key] = value
     try:
@@ -188,6 +205,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         msg = f"config file {path} must hold a mapping of options, got {type(data).__name__}"
         raise UsageError(msg)
     return data
+
+
+def parse_sizes(value: str) -> list[int]:
+    """Panel sizes from ``"50"`` or ``"50,100,200"``."""
+    try:
+        sizes = [int(v) for v in str(value).replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        msg = f"--k must be an integer or a list like 50,100,200; got {value!r}"
+        raise UsageError(msg) from exc
+    if not sizes:
+        msg = f"--k must be an integer or a list like 50,100,200; got {value!r}"
+        raise UsageError(msg)
+    return sizes
 
 
 def parse_hidden(value: Any) -> tuple[int, ...]:
@@ -268,3 +298,4 @@ def validate(cfg: SelectConfig) -> None:
         f"collision_threshold must be in [0, 1], got {t.collision_threshold}",
     )
     _check(t.checkpoint_every >= 0, f"--checkpoint-every must be ≥ 0, got {t.checkpoint_every}")
+    _check(t.restarts >= 1, f"--restarts must be ≥ 1, got {t.restarts}")

@@ -57,14 +57,20 @@ def extract_panel(logits: np.ndarray) -> Panel:
     )
 
 
-def panel_table(panel: Panel, genes: list[str]) -> pd.DataFrame:
-    """``panel.tsv``: one row per node with ``gene``, ``node``, ``probability``, ``gene_index``."""
+def panel_table(panel: Panel, genes: list[str], fixed: int = 0) -> pd.DataFrame:
+    """``panel.tsv``: one row per node.
+
+    Columns ``gene``, ``node``, ``probability``, ``gene_index`` and ``fixed`` (the first
+    ``fixed`` nodes hold genes the user required with ``--include``).
+    """
+    k = len(panel.indices)
     return pd.DataFrame(
         {
             "gene": [genes[i] for i in panel.indices],
-            "node": np.arange(len(panel.indices)),
+            "node": np.arange(k),
             "probability": panel.probability,
             "gene_index": panel.indices,
+            "fixed": np.arange(k) < fixed,
         }
     )
 
@@ -79,7 +85,8 @@ def related_groups(logits: np.ndarray, genes: list[str], panel: Panel, n: int = 
     rows = []
     n = min(n, probs.shape[1])
     for node in range(probs.shape[0]):
-        top = list(np.argsort(-probs[node], kind="stable")[:n])
+        # genes a node cannot choose (constraints) have probability 0: never alternatives
+        top = [g for g in np.argsort(-probs[node], kind="stable")[:n] if probs[node, g] > 0]
         chosen = int(panel.indices[node])
         if chosen not in top:
             top = [chosen, *top[: n - 1]]

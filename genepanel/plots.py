@@ -36,3 +36,29 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_sizes(table, path: Path) -> None:
+    """Test error against panel size for the panel and its baselines (``sizes.tsv``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = {
+        "linear_refit_test_mse": "concrete AE panel (linear refit)",
+        "random_panel_test_mse": "random panels (mean)",
+        "hvg_panel_test_mse": "highly variable genes",
+        "pca_bound_test_mse": "PCA bound",
+    }
+    for col, label in labels.items():
+        if col in table and table[col].notna().any():
+            ax.plot(table["k"], table[col], marker="o", label=label)
+    ax.set_xlabel("panel size k")
+    ax.set_ylabel("test MSE")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)

@@ -27,6 +27,7 @@ import optax
 from jax.sharding import Mesh
 
 from genepanel.config import TrainConfig
+from genepanel.constraints import MASKED_LOGIT
 from genepanel.data import Preprocessor
 from genepanel.errors import GenepanelError
 from genepanel.io import ExpressionData, atomic_write
@@ -143,9 +144,19 @@ class Trainer:
     """Holds the model, the optimiser and the compiled step functions for one shape."""
 
     def __init__(
-        self, k: int, d: int, hidden: tuple[int, ...], cfg: TrainConfig, seed: int, mesh: Mesh
+        self,
+        k: int,
+        d: int,
+        hidden: tuple[int, ...],
+        cfg: TrainConfig,
+        seed: int,
+        mesh: Mesh,
+        *,
+        mask: np.ndarray | None = None,
     ):
         self.k, self.d, self.hidden, self.cfg, self.seed, self.mesh = k, d, hidden, cfg, seed, mesh
+        # [k, d] logits each node may use (panel constraints); None: all of them.
+        self.mask = mask
         self.model = ConcreteAutoencoder(k, d, hidden)
         self.tx = optax.adam(cfg.learning_rate)
         self.n_devices = mesh.devices.size
@@ -167,14 +178,18 @@ class Trainer:
 
     def init_state(self, attempt: int = 0) -> State:
         """Fresh parameters and optimiser state (replicated)."""
-        def init() -> State:
+        def init(mask: jax.Array | None) -> State:
             key = jax.random.fold_in(jax.random.key(self.seed), 1000 + attempt)
             x0 = jnp.zeros((1, self.d), jnp.float32)
             params = self.model.init(key, x0, jnp.float32(1.0), key)["params"]
+            if mask is not None:
+                # Masked logits get zero softmax weight, hence zero gradient: they stay put.
+                logits = params["selector"]["logits"]
+                params["selector"]["logits"] = jnp.where(mask, logits, MASKED_LOGIT)
             return {"params": params, "opt": self.tx.init(params), "step": jnp.int32(0)}
 
         # Built by a jitted function so that every process gets the same replicated state.
-        return jax.jit(init, out_shardings=self._rep)()
+        return jax.jit(init, out_shardings=self._rep)(self.mask)
 
     def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
         recon = self.model.apply({"params": params}, xb, temp, key)
@@ -296,7 +311,8 @@ def epoch_order(n: int, rng: np.random.Generator, block: int = 1) -> np.ndarray:
     return np.concatenate([np.arange(s, min(s + block, n)) for s in starts])
 
 
-def _eval_chunk(n: int, n_devices: int, cap: int = 2048) -> int:
+def eval_chunk(n: int, n_devices: int, cap: int = 2048) -> int:
+    """Rows per evaluation call: at most ``cap``, a multiple of the device count."""
     c = min(cap, max(n, 1))
     return ((c + n_devices - 1) // n_devices) * n_devices
 
@@ -364,12 +380,17 @@ def fit(
     checkpoint: Path | None = None,
     resume: bool = False,
     stop_after_epochs: int | None = None,
+    seed: int | None = None,
 ) -> FitResult:
     """Train until the selection converges or the epoch cap; see :class:`TrainConfig`.
 
-    ``stop_after_epochs`` (testing aid) interrupts the run after that many epochs, as
-    a SIGTERM would, leaving a checkpoint to resume from.
+    ``seed`` (default: the trainer's) seeds initialisation, Gumbel noise and row order;
+    changing it reuses the compiled step functions. ``stop_after_epochs`` (testing aid)
+    interrupts the run after that many epochs, as a SIGTERM would, leaving a checkpoint
+    to resume from.
     """
+    if seed is not None:
+        trainer.seed = seed
     cfg = trainer.cfg
     n_dev = trainer.n_devices
     batch = effective_batch_size(cfg.batch_size, train.n, n_dev)
@@ -378,7 +399,7 @@ def fit(
     base_key = jax.random.key(trainer.seed)
     if on_device:
         X_dev = jax.device_put(train.dense, trainer._rep)
-    chunk = _eval_chunk(val.n if val is not None else 1, n_dev)
+    chunk = eval_chunk(val.n if val is not None else 1, n_dev)
     # Rows on disk are shuffled in contiguous blocks (8 per minibatch) to keep reads long.
     shuffle_block = max(1, batch // 8) if train.data.is_backed else 1
     thr = jnp.float32(cfg.collision_threshold)

@@ -80,6 +80,11 @@ class EpochReporter:
         """Report one epoch record (or a restart notice)."""
         if not self.enabled:
             return
+        if "run" in rec:
+            if self.bar is not None:
+                self.bar.update(self.task, completed=0)
+            log.info("training run %d of %d (seed %d)", rec["run"], rec["runs"], rec["seed"])
+            return
         if "restart" in rec:
             self.max_epochs = int(rec["max_epochs"])
             if self.bar is not None:

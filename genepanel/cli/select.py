@@ -12,7 +12,9 @@ from genepanel.cli.common import EpochReporter, log, run_command, setup_logging
 
 def select(
     data: Path = typer.Argument(..., help="Expression matrix: .h5ad, or plain HDF5 with --dataset."),
-    k: int | None = typer.Option(None, "--k", help="Panel size (number of genes). [default: 50]"),
+    k: str | None = typer.Option(
+        None, "--k", help="Panel size; several sizes as 50,100,200 (one folder each). [default: 50]"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it."),
     layer: str | None = typer.Option(None, help="AnnData layer to use instead of X."),
@@ -41,6 +43,10 @@ def select(
     t0: float | None = typer.Option(None, help="Initial temperature. [default: 10]"),
     tb: float | None = typer.Option(None, help="Final temperature. [default: 0.01]"),
     n_related: int | None = typer.Option(None, help="Related genes per node in groups.tsv. [default: 3]"),
+    include: str | None = typer.Option(None, help="Genes that must be in the panel: A,B,C or @file."),
+    exclude: str | None = typer.Option(None, help="Genes or patterns to leave out: 'MT-*,RP[SL]*' or @file."),
+    candidates: str | None = typer.Option(None, help="Choose the panel from these genes only: A,B or @file."),
+    restarts: int | None = typer.Option(None, help="Train from N seeds, keep the best, report agreement."),
     checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N epochs (0: never)."),
     retry: bool | None = typer.Option(
         None, "--retry/--no-retry", help="Restart with doubled epochs when not converged."
@@ -61,7 +67,8 @@ def select(
     """Select a panel of k genes that best reconstructs all the others."""
     setup_logging(verbose)
     flags: dict[str, Any] = {
-        "k": k, "seed": seed, "preprocess": preprocess, "target_sum": target_sum,
+        "seed": seed, "include": include, "exclude": exclude, "candidates": candidates,
+        "train.restarts": restarts, "preprocess": preprocess, "target_sum": target_sum,
         "n_related": n_related,
         "input.layer": layer, "input.gene_column": gene_column, "input.dataset": dataset,
         "input.genes": genes, "input.genes_by_samples": genes_by_samples,
@@ -85,27 +92,38 @@ def select(
         changes = {key: v for key, v in flags.items() if v is not None}
         if "model.hidden" in changes:
             changes["model.hidden"] = cfgmod.parse_hidden(changes["model.hidden"])
+        ks = cfgmod.parse_sizes(k) if k is not None else None
+        if ks is not None:
+            changes["k"] = ks[0]
         cfg = cfgmod.from_dict(base).replace(**changes)
+        ks = ks or [cfg.k]
 
-        from genepanel.api import select_panel
+        from genepanel.api import select_panels
 
         reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet and is_main_process())
         try:
-            res = select_panel(data, cfg, out, overwrite=overwrite, resume=resume,
-                               on_epoch=reporter, evaluate_baselines=baselines)
+            results = select_panels(data, cfg, ks, out, overwrite=overwrite, resume=resume,
+                                    on_epoch=reporter, evaluate_baselines=baselines)
         finally:
             reporter.close()
         if not is_main_process():
             return
-        m, tr = res.metrics, res.run["training"]
-        state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
-                 else f"not converged after {tr['epochs_run']} epochs")
-        log.info("panel of %d genes written to %s (%s)", cfg.k, res.out, state)
-        line = f"test MSE: linear refit {m['linear_refit_test_mse']:.4g}"
-        line += f", trained decoder {m['trained_decoder_test_mse']:.4g}"
-        if "hvg_panel_test_mse" in m:
-            line += (f", random {m['random_panel_test_mse']['mean']:.4g}, "
-                     f"HVG {m['hvg_panel_test_mse']:.4g}, PCA bound {m['pca_bound_test_mse']:.4g}")
-        log.info(line)
+        for res in results:
+            m, tr = res.metrics, res.run["training"]
+            state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
+                     else f"not converged after {tr['epochs_run']} epochs")
+            log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out, state)
+            line = f"test MSE: linear refit {m['linear_refit_test_mse']:.4g}"
+            line += f", trained decoder {m['trained_decoder_test_mse']:.4g}"
+            if "hvg_panel_test_mse" in m:
+                line += (f", random {m['random_panel_test_mse']['mean']:.4g}, "
+                         f"HVG {m['hvg_panel_test_mse']:.4g}, "
+                         f"PCA bound {m['pca_bound_test_mse']:.4g}")
+            log.info(line)
+            if res.stability is not None:
+                st = res.stability["summary"]
+                log.info("%d restarts: mean Jaccard %.2f, %d genes in every panel, kept seed %d",
+                         st["n"], st["jaccard_mean"], st["n_genes_in_every_panel"],
+                         st["kept_seed"])
 
     run_command(work, verbose)

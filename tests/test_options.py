@@ -1,0 +1,120 @@
+"""Constraints (--include/--exclude/--candidates), restarts and several panel sizes."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from genepanel.api import select_panel
+from genepanel.cli import app
+from genepanel.config import SelectConfig
+from genepanel.errors import UsageError
+from genepanel.io import ExpressionData
+from genepanel.saved import load_model
+from tests.conftest import planted
+
+FAST = {"train.learning_rate": 0.01, "train.batch_size": 32, "train.max_epochs": 60}
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, genes, drivers, module = planted(seed=3)
+    return ExpressionData(x, genes, pd.DataFrame(index=range(len(x))), "planted"), drivers, module
+
+
+def _cfg(**kw):
+    return SelectConfig(k=5, seed=0).replace(**{**FAST, **kw})
+
+
+def test_include_pins_genes_and_counts_towards_k(data):
+    ed, drivers, module = data
+    follower = next(g for i, g in enumerate(ed.genes) if g not in drivers and module[i] == 0)
+    res = select_panel(ed, _cfg(include=[follower, drivers[1]]), evaluate_baselines=False)
+    table = res.panel_table
+    assert len(table) == 5 and table["gene"].is_unique
+    assert table["gene"].tolist()[:2] == [follower, drivers[1]]
+    assert table["fixed"].tolist() == [True, True, False, False, False]
+    assert res.run["constraints"]["include"] == [follower, drivers[1]]
+    # the pinned nodes never move and list no alternatives
+    groups = res.groups[res.groups["node"] < 2]
+    assert groups["selected"].all() and (groups["probability"] > 0.999).all()
+
+
+def test_exclude_patterns_and_candidates_are_honoured(data):
+    ed, _, _ = data
+    res = select_panel(ed, _cfg(exclude=["gene00*", "gene01?"]), evaluate_baselines=False)
+    chosen = res.panel_table["gene"].tolist()
+    assert not [g for g in chosen if fnmatch.fnmatchcase(g, "gene00*")
+                or fnmatch.fnmatchcase(g, "gene01?")]
+    assert res.run["constraints"]["excluded_genes"] == 20
+    cands = ed.genes[30:45]
+    res = select_panel(ed, _cfg(candidates=cands), evaluate_baselines=False)
+    assert set(res.panel_table["gene"]) <= set(cands)
+
+
+def test_constraints_that_cannot_be_met(data):
+    ed, _, _ = data
+    with pytest.raises(UsageError, match="not in the data"):
+        select_panel(ed, _cfg(include=["nope"]), evaluate_baselines=False)
+    with pytest.raises(UsageError, match="raise --k"):
+        select_panel(ed, _cfg(include=ed.genes[:6]), evaluate_baselines=False)
+    with pytest.raises(UsageError, match="both name"):
+        select_panel(ed, _cfg(include=["gene003"], exclude=["gene00*"]), evaluate_baselines=False)
+    with pytest.raises(UsageError, match="only 3 genes are allowed"):
+        select_panel(ed, _cfg(candidates=ed.genes[:3]), evaluate_baselines=False)
+
+
+def test_include_from_file_via_cli(tmp_path, planted_h5ad):
+    path, drivers = planted_h5ad
+    listing = tmp_path / "vendor.txt"
+    listing.write_text(f"# vendor panel\n{drivers[0]}\n{drivers[2]}\n")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["select", str(path), "--k", "4", "--out", str(out),
+                                   "--include", f"@{listing}", "--epochs", "20", "-q",
+                                   "--no-baselines"])
+    assert res.exit_code == 0, res.output
+    panel = pd.read_csv(out / "panel.tsv", sep="\t")
+    assert panel["gene"].tolist()[:2] == [drivers[0], drivers[2]]
+    res = CliRunner().invoke(app, ["select", str(path), "--out", str(tmp_path / "x"),
+                                   "--include", "@missing.txt"])
+    assert res.exit_code == 2 and "not found" in res.stderr
+
+
+def test_restarts_keep_the_best_and_report_agreement(data, tmp_path):
+    ed, _, _ = data
+    res = select_panel(ed, _cfg(**{"train.restarts": 3}), tmp_path / "r",
+                       evaluate_baselines=False)
+    st = res.stability["summary"]
+    runs = pd.read_csv(tmp_path / "r" / "restarts.tsv", sep="\t")
+    assert len(runs) == 3 and runs["kept"].sum() == 1
+    assert runs.loc[runs["kept"], "val_mse"].item() == runs["val_mse"].min()
+    assert runs["seed"].tolist() == [0, 1, 2]
+    assert 0.0 <= st["jaccard_min"] <= st["jaccard_mean"] <= 1.0
+    genes = pd.read_csv(tmp_path / "r" / "stability.tsv", sep="\t")
+    every = set(genes.loc[genes["times_selected"] == 3, "gene"])
+    assert every == set(st["genes_in_every_panel"])
+    kept = runs.loc[runs["kept"], "genes"].item().split(",")
+    assert kept == res.panel_table["gene"].tolist()
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["restarts"]["kept_seed"] == run["seed"] == int(runs.loc[runs["kept"], "seed"].item())
+
+
+def test_several_panel_sizes_in_one_run(planted_h5ad, tmp_path):
+    path, _ = planted_h5ad
+    out = tmp_path / "sizes"
+    res = CliRunner().invoke(app, ["select", str(path), "--k", "3,6", "--out", str(out),
+                                   "--epochs", "20", "--batch-size", "32", "-q"])
+    assert res.exit_code == 0, res.output
+    sizes = pd.read_csv(out / "sizes.tsv", sep="\t")
+    assert sizes["k"].tolist() == [3, 6]
+    assert (sizes["pca_bound_test_mse"].diff().dropna() < 0).all()  # more components, less error
+    assert (out / "sizes.png").exists()
+    for k in (3, 6):
+        model = load_model(out / f"k{k}")
+        assert len(model.panel_genes) == k
+    bad = CliRunner().invoke(app, ["select", str(path), "--k", "3,x", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "--k must be" in bad.stderr
