@@ -16,8 +16,8 @@ import pandas as pd
 from genepanel.config import SelectConfig
 from genepanel.constraints import Constraints
 from genepanel.constraints import resolve as resolve_constraints
-from genepanel.data import Preprocessor, Split, make_split
-from genepanel.errors import UsageError
+from genepanel.data import Preprocessor, Split, label_codes, make_split, resolve_labels
+from genepanel.errors import DataError, UsageError
 from genepanel.evaluate import fit_linear, hvg_panel, linear_test_mse, pca_bound, random_panels
 from genepanel.io import (
     ExpressionData,
@@ -80,6 +80,8 @@ class _Prepared:
     val: RowSource | None
     test: RowSource
     timings: dict[str, float]
+    classes: list[str] = field(default_factory=list)
+    label_codes: np.ndarray | None = None
 
 
 def _prepare(data: ExpressionData, cfg: SelectConfig) -> _Prepared:
@@ -93,14 +95,25 @@ def _prepare(data: ExpressionData, cfg: SelectConfig) -> _Prepared:
     materialize = (
         len(split.train) * d * 4 <= budget and jax.process_count() == 1 and not data.is_backed
     )
+    codes, classes = None, []
+    if cfg.labels is not None:
+        codes, classes = label_codes(resolve_labels(data, cfg.labels))
+        if len(np.unique(codes[split.train][codes[split.train] >= 0])) < 2:
+            msg = (f"labels column '{cfg.labels}' has fewer than two classes among the "
+                   "training samples; supervised panels need at least two")
+            raise DataError(msg)
+    lab = {"labels": codes, "n_classes": len(classes)}
     return _Prepared(
         data=data,
         split=split,
         pre=pre,
-        train=RowSource(data, pre, split.train, materialize=materialize),
-        val=RowSource(data, pre, split.val, materialize=materialize) if len(split.val) else None,
-        test=RowSource(data, pre, split.test, materialize=False),
+        train=RowSource(data, pre, split.train, materialize=materialize, **lab),
+        val=(RowSource(data, pre, split.val, materialize=materialize, **lab)
+             if len(split.val) else None),
+        test=RowSource(data, pre, split.test, materialize=False, **lab),
         timings={"preprocess": time.perf_counter() - t},
+        classes=classes,
+        label_codes=codes,
     )
 
 
@@ -227,8 +240,12 @@ def _select_one(
     d = data.shape[1]
     timings = dict(prep.timings)
     t = time.perf_counter()
-    trainer = Trainer(cfg.k, d, cfg.model.hidden, cfg.train, cfg.seed, data_mesh(),
-                      mask=con.mask(cfg.k) if con.active else None)
+    n_lab = len(prep.classes)
+    mask = con.mask(cfg.k) if con.active or n_lab else None
+    if mask is not None and n_lab:  # the label columns are never selectable
+        mask = np.concatenate([mask, np.zeros((cfg.k, n_lab), bool)], axis=1)
+    trainer = Trainer(cfg.k, d + n_lab, cfg.model.hidden, cfg.train, cfg.seed, data_mesh(),
+                      mask=mask, n_labels=n_lab, label_weight=cfg.label_weight)
     fits_by_seed, val_mse = [], []
     for r in range(cfg.train.restarts):
         ckpt = None
@@ -248,20 +265,22 @@ def _select_one(
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    logits = np.asarray(result.params["selector"]["logits"])
+    logits = np.asarray(result.params["selector"]["logits"])[:, :d]
     panel = extract_panel(logits)
     table = panel_table(panel, data.genes, fixed=len(con.include))
     groups = related_groups(logits, data.genes, panel, cfg.n_related)
     stability = None
     if cfg.train.restarts > 1:
-        panels = [extract_panel(np.asarray(f.params["selector"]["logits"])).indices
+        panels = [extract_panel(np.asarray(f.params["selector"]["logits"])[:, :d]).indices
                   for f in fits_by_seed]
         stability = panel_stability(panels, data.genes, val_mse, best, cfg.seed)
 
     chunk = eval_chunk(prep.test.n, trainer.n_devices)
-    metrics: dict[str, Any] = {
-        "trained_decoder_test_mse": trainer.sse(result.params, prep.test, panel.indices, chunk)
-    }
+    test_eval = trainer.evaluate(result.params, prep.test, panel.indices, chunk)
+    metrics: dict[str, Any] = {"trained_decoder_test_mse": test_eval["mse"]}
+    if n_lab:
+        metrics["trained_decoder_test_accuracy"] = test_eval["accuracy"]
+        metrics["trained_decoder_test_cross_entropy"] = test_eval["cross_entropy"]
     panels_to_score = {"cae": panel.indices}
     if evaluate_baselines:
         for i, p in enumerate(random_panels(d, cfg.k, cfg.seed, N_RANDOM_PANELS)):
@@ -281,6 +300,8 @@ def _select_one(
         pca = pca_bound(data, pre, split.train, split.test, cfg.k, cfg.seed)
         metrics["pca_bound_test_mse"] = pca["mse"]
         metrics["pca_components"] = pca["components"]
+    if n_lab:
+        metrics["extra_trees_test_accuracy"] = _extra_trees(prep, panels_to_score, cfg.seed)
     metrics["test_variance"] = _test_variance(prep.test)
     timings["evaluate"] = time.perf_counter() - t
 
@@ -294,7 +315,8 @@ def _select_one(
         linear=fits["cae"],
         pre=pre,
         meta={"config": run_cfg.to_dict(), "seed": cfg.seed + best, "versions": versions(),
-              "source": data.source, "metrics": metrics},
+              "source": data.source, "metrics": metrics, "label_classes": prep.classes,
+              "labels_key": cfg.labels},
     )
     timings["total"] = sum(timings.values())
     run = _run_record(cfg, data, split, result, panel, metrics, timings)
@@ -306,6 +328,28 @@ def _select_one(
     return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
                         fit=result, metrics=metrics, run=run, split=split, model=model,
                         timings=timings, stability=stability)
+
+
+def _extra_trees(prep: _Prepared, panels: dict[str, np.ndarray], seed: int) -> dict[str, float]:
+    """ExtraTrees test accuracy on each panel's genes (the paper's classification metric)."""
+    from genepanel.baselines import extra_trees_accuracy
+
+    codes = prep.label_codes
+    tr = prep.split.train[codes[prep.split.train] >= 0]
+    te = prep.split.test[codes[prep.split.test] >= 0]
+    if not len(te):
+        return {}
+    xtr = prep.pre.transform(prep.data.rows(tr))
+    xte = prep.pre.transform(prep.data.rows(te))
+    acc = {name: extra_trees_accuracy(xtr[:, p], codes[tr], xte[:, p], codes[te], seed=seed)
+           for name, p in panels.items()}
+    out = {"cae": acc.pop("cae")}
+    rand = [v for name, v in acc.items() if name.startswith("random_")]
+    if rand:
+        out["random_mean"] = float(np.mean(rand))
+    if "hvg" in acc:
+        out["hvg"] = acc["hvg"]
+    return out
 
 
 def _write_run(folder: Path, sel: SelectResult) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from genepanel.config import SelectConfig
+from genepanel.data import resolve_labels
 from genepanel.errors import DataError, UsageError
 from genepanel.io import ExpressionData, OutputDir, atomic_write, validate_matrix, write_json
 from genepanel.io import write_tsv as _write_tsv
@@ -126,31 +127,6 @@ def load_data(path: str | Path, cfg: SelectConfig) -> ExpressionData:
     from genepanel.api import load_input
 
     return load_input(path, cfg)
-
-
-def resolve_labels(data: ExpressionData, key: str) -> np.ndarray:
-    """Return the labels of all samples from ``obs[key]`` as strings (``""`` if missing).
-
-    Raises
-    ------
-    DataError
-        When the column does not exist, or holds fewer than two distinct labels.
-    """
-    if key not in data.obs.columns:
-        cols = ", ".join(map(str, data.obs.columns)) or "none"
-        msg = f"labels column '{key}' not found in obs of {data.source} (columns: {cols})"
-        raise DataError(msg)
-    col = data.obs[key]
-    missing = col.isna().to_numpy()
-    labels = np.where(missing, "", col.astype(str).to_numpy()).astype(str)
-    n_classes = len(np.unique(labels[~missing]))
-    if n_classes < 2:
-        msg = (
-            f"labels column '{key}' holds {n_classes} distinct label(s); classification "
-            "accuracy needs at least two classes (omit --labels)"
-        )
-        raise DataError(msg)
-    return labels
 
 
 # --------------------------------------------------------------------------- benchmark

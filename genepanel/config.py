@@ -96,7 +96,10 @@ class SelectConfig:
 
     ``include`` genes must be in the panel (they count towards ``k``), ``exclude`` names
     or shell patterns (``MT-*``) must not be, and with ``candidates`` the panel comes from
-    that list only. Each accepts a list, ``"A,B,C"`` or ``"@file"``.
+    that list only. Each accepts a list, ``"A,B,C"`` or ``"@file"``. ``labels`` (an
+    ``obs`` column) makes the panel supervised: the decoder also predicts the label with
+    cross-entropy, and the loss is ``(1 - label_weight) · MSE + label_weight · CE``
+    (``label_weight`` 1: labels only).
     """
 
     k: int = 50
@@ -107,6 +110,8 @@ class SelectConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
+    labels: str | None = None
+    label_weight: float = 1.0
     input: InputConfig = field(default_factory=InputConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -255,6 +260,10 @@ def validate(cfg: SelectConfig) -> None:
     _check(
         cfg.target_sum is None or cfg.target_sum > 0,
         f"--target-sum must be positive, got {cfg.target_sum!r}",
+    )
+    _check(
+        0.0 < cfg.label_weight <= 1.0,
+        f"--label-weight must be in (0, 1], got {cfg.label_weight!r}",
     )
     _check(cfg.n_related >= 1, f"--n-related must be ≥ 1, got {cfg.n_related!r}")
     s = cfg.split

@@ -89,6 +89,38 @@ def make_split(
     return Split(**parts)
 
 
+def resolve_labels(data: ExpressionData, key: str) -> np.ndarray:
+    """Return the labels of all samples from ``obs[key]`` as strings (``""`` if missing).
+
+    Raises
+    ------
+    DataError
+        When the column does not exist, or holds fewer than two distinct labels.
+    """
+    if key not in data.obs.columns:
+        cols = ", ".join(map(str, data.obs.columns)) or "none"
+        msg = f"labels column '{key}' not found in obs of {data.source} (columns: {cols})"
+        raise DataError(msg)
+    col = data.obs[key]
+    missing = col.isna().to_numpy()
+    labels = np.where(missing, "", col.astype(str).to_numpy()).astype(str)
+    n_classes = len(np.unique(labels[~missing]))
+    if n_classes < 2:
+        msg = (
+            f"labels column '{key}' holds {n_classes} distinct label(s); classification "
+            "accuracy needs at least two classes (omit --labels)"
+        )
+        raise DataError(msg)
+    return labels
+
+
+def label_codes(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (``-1`` for missing ``""``) and the sorted class names of ``labels``."""
+    classes = sorted(set(labels.tolist()) - {""})
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(v, -1) for v in labels.tolist()], np.int64), classes
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 

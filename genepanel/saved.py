@@ -76,12 +76,32 @@ class FittedModel:
         """Reconstruct preprocessed ``[b, d]`` from preprocessed panel values ``[b, k]``."""
         if decoder == "linear":
             return self.linear.predict(np.asarray(panel_values, np.float32))
+        out = self._decode(panel_values)
+        return out[:, : len(self.genes)]
+
+    @property
+    def label_classes(self) -> list[str]:
+        """Class names the decoder also predicts (supervised runs; empty otherwise)."""
+        return list(self.meta.get("label_classes") or [])
+
+    def predict_labels(self, panel_values: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[b, n_classes]`` from preprocessed panel values (supervised)."""
+        if not self.label_classes:
+            msg = "this model was trained without --labels: it predicts no labels"
+            raise ModelError(msg)
+        logits = self._decode(panel_values)[:, len(self.genes) :]
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def _decode(self, panel_values: np.ndarray) -> np.ndarray:
         import jax.numpy as jnp
 
         from genepanel.model import decoder_apply
 
-        out = decoder_apply(self.params, jnp.asarray(panel_values, jnp.float32),
-                            len(self.genes), self.hidden)
+        d_out = int(np.shape(self.params["out"]["kernel"])[-1])
+        out = decoder_apply(self.params, jnp.asarray(panel_values, jnp.float32), d_out,
+                            self.hidden)
         return np.asarray(out)
 
 

@@ -66,14 +66,26 @@ class RowSource:
         rows: np.ndarray,
         *,
         materialize: bool,
+        labels: np.ndarray | None = None,
+        n_classes: int = 0,
     ):
         self.data, self.pre, self.rows = data, pre, np.asarray(rows)
+        # Supervised mode: label codes per data row (-1: unlabelled), appended one-hot.
+        self.labels, self.n_classes = labels, n_classes
         self.dense: np.ndarray | None = None
         if materialize:
-            out = np.empty((len(rows), data.shape[1]), np.float32)
+            out = np.empty((len(rows), data.shape[1] + n_classes), np.float32)
             for i in range(0, len(rows), 4096):
-                out[i : i + 4096] = pre.transform(data.rows(self.rows[i : i + 4096]))
+                out[i : i + 4096] = self._read(self.rows[i : i + 4096])
             self.dense = out
+
+    def _read(self, data_rows: np.ndarray) -> np.ndarray:
+        x = self.pre.transform(self.data.rows(data_rows))
+        if not self.n_classes:
+            return x
+        codes = self.labels[data_rows]
+        onehot = (codes[:, None] == np.arange(self.n_classes)[None, :]).astype(np.float32)
+        return np.concatenate([x, onehot], axis=1)
 
     @property
     def n(self) -> int:
@@ -86,7 +98,7 @@ class RowSource:
             return self.dense[positions]
         order = np.argsort(positions, kind="stable")
         sorted_rows = self.rows[positions[order]]
-        block = self.pre.transform(self.data.rows(sorted_rows))
+        block = self._read(sorted_rows)
         out = np.empty_like(block)
         out[order] = block
         return out
@@ -153,10 +165,16 @@ class Trainer:
         mesh: Mesh,
         *,
         mask: np.ndarray | None = None,
+        n_labels: int = 0,
+        label_weight: float = 1.0,
     ):
         self.k, self.d, self.hidden, self.cfg, self.seed, self.mesh = k, d, hidden, cfg, seed, mesh
         # [k, d] logits each node may use (panel constraints); None: all of them.
         self.mask = mask
+        # Supervised mode: the last n_labels of the d columns are one-hot labels, which the
+        # selector never sees (masked) and the decoder predicts with cross-entropy.
+        self.n_labels, self.label_weight = n_labels, label_weight
+        self.n_genes = d - n_labels
         self.model = ConcreteAutoencoder(k, d, hidden)
         self.tx = optax.adam(cfg.learning_rate)
         self.n_devices = mesh.devices.size
@@ -193,7 +211,13 @@ class Trainer:
 
     def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
         recon = self.model.apply({"params": params}, xb, temp, key)
-        return jnp.mean(jnp.square(recon - xb))
+        if not self.n_labels:
+            return jnp.mean(jnp.square(recon - xb))
+        g, w = self.n_genes, self.label_weight
+        ce = jnp.mean(optax.softmax_cross_entropy(recon[:, g:], xb[:, g:]))
+        if w == 1.0:
+            return ce
+        return (1.0 - w) * jnp.mean(jnp.square(recon[:, :g] - xb[:, :g])) + w * ce
 
     def _step(
         self, state: State, xb: jax.Array, temp: jax.Array, base_key: jax.Array
@@ -214,10 +238,23 @@ class Trainer:
         state, losses = jax.lax.scan(body, state, perm)
         return state, jnp.mean(losses)
 
-    def _sse(self, params: dict, xb: jax.Array, sel: jax.Array, mask: jax.Array) -> jax.Array:
-        """Summed squared error of the test-time model (hard selection ``sel``)."""
+    def _sse(
+        self, params: dict, xb: jax.Array, sel: jax.Array, mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Test-time model (hard selection ``sel``) on a padded chunk ``xb`` ``[c, d]``.
+
+        Returns the summed squared error over the gene columns and, in supervised mode,
+        the summed cross-entropy and the number of correctly predicted labels.
+        """
         recon = self.model.apply({"params": params}, xb[:, sel], method=ConcreteAutoencoder.decode)
-        return jnp.sum(jnp.square(recon - xb) * mask[:, None])
+        g = self.n_genes
+        sse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g]) * mask[:, None])
+        if not self.n_labels:
+            return sse, jnp.float32(0.0), jnp.float32(0.0)
+        target = xb[:, g:]
+        ce = jnp.sum(optax.softmax_cross_entropy(recon[:, g:], target) * mask)
+        hit = (jnp.argmax(recon[:, g:], -1) == jnp.argmax(target, -1)) & (target.sum(-1) > 0)
+        return sse, ce, jnp.sum(hit * mask)
 
     @staticmethod
     def _stats(logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -267,18 +304,33 @@ class Trainer:
         mine = positions[jax.process_index() * local : (jax.process_index() + 1) * local]
         return jax.make_array_from_process_local_data(self._bsh, source.batch(mine))
 
-    def sse(self, params: dict, source: RowSource, sel: np.ndarray, chunk: int) -> float:
-        """Mean squared error of the hard-selection model over ``source``."""
-        total = 0.0
+    def evaluate(
+        self, params: dict, source: RowSource, sel: np.ndarray, chunk: int
+    ) -> dict[str, float]:
+        """Hard-selection metrics over ``source``: gene MSE; label CE and accuracy if supervised."""
+        sse = ce = hits = 0.0
         sel_dev = np.asarray(sel, np.int32)
         padded = _Padded(source, chunk, self.d)
         for start in range(0, source.n, chunk):
             pos = np.arange(start, start + chunk)
             xb = self.global_batch(padded, pos)
             mask = self.global_batch(padded.mask_source(), pos)
-            total += float(self.sse_fn(params, xb, sel_dev, mask))
-        return total / (source.n * self.d)
+            s_, c_, h_ = self.sse_fn(params, xb, sel_dev, mask)
+            sse, ce, hits = sse + float(s_), ce + float(c_), hits + float(h_)
+        out = {"mse": sse / (source.n * self.n_genes)}
+        if self.n_labels:
+            labelled = int((source.labels[source.rows] >= 0).sum())
+            out["cross_entropy"] = ce / max(labelled, 1)
+            out["accuracy"] = hits / max(labelled, 1)
+            out["loss"] = (1 - self.label_weight) * out["mse"] + self.label_weight * out[
+                "cross_entropy"]
+        else:
+            out["loss"] = out["mse"]
+        return out
 
+    def sse(self, params: dict, source: RowSource, sel: np.ndarray, chunk: int) -> float:
+        """Mean squared error over the genes of the hard-selection model over ``source``."""
+        return self.evaluate(params, source, sel, chunk)["mse"]
 
 class _Padded:
     """A row source padded with zero rows (and a 0/1 mask source) to whole chunks."""
@@ -448,20 +500,23 @@ def fit(
                 n_coll = int(n_coll)
                 collisions += n_coll
                 mean_max, top, _ = trainer.selection(state["params"])
+                val_metrics = (
+                    trainer.evaluate(state["params"], val, top, chunk)
+                    if val is not None and val.n
+                    else {}
+                )
                 record = {
                     "epoch": epoch + 1,
                     "temperature": float(temp),
                     "mean_max_prob": mean_max,
                     "train_loss": float(loss),
-                    "val_loss": (
-                        trainer.sse(state["params"], val, top, chunk)
-                        if val is not None and val.n
-                        else float("nan")
-                    ),
+                    "val_loss": val_metrics.get("loss", float("nan")),
                     "collisions": n_coll,
                     "unique_genes": len(np.unique(top)),
                     "seconds": time.perf_counter() - t_epoch,
                 }
+                if "accuracy" in val_metrics:
+                    record["val_accuracy"] = val_metrics["accuracy"]
                 history.append(record)
                 epoch += 1
                 if on_epoch is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -118,3 +119,33 @@ def test_several_panel_sizes_in_one_run(planted_h5ad, tmp_path):
         assert len(model.panel_genes) == k
     bad = CliRunner().invoke(app, ["select", str(path), "--k", "3,x", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "--k must be" in bad.stderr
+
+
+def test_supervised_panel_predicts_labels(tmp_path):
+    """Labels depend on one planted module only: a supervised panel of 2 measures it."""
+    x, genes, drivers, module = planted(seed=9)
+    rng = np.random.default_rng(0)
+    driver = genes.index(drivers[2])
+    z = x[:, driver]
+    label = np.where(z > 0, "high", "low").astype(object)
+    label[rng.choice(len(x), 20, replace=False)] = None  # unlabelled samples are allowed
+    obs = pd.DataFrame({"state": label}, index=[f"c{i}" for i in range(len(x))])
+    ed = ExpressionData(x, genes, obs, "planted")
+    cfg = SelectConfig(k=2, seed=0, labels="state").replace(
+        **{"train.learning_rate": 0.01, "train.batch_size": 32, "train.max_epochs": 80}
+    )
+    res = select_panel(ed, cfg, tmp_path / "sup")
+    assert module[driver] in module[res.panel.indices]  # the panel measures the label's module
+    assert res.metrics["trained_decoder_test_accuracy"] > 0.85
+    trees = res.metrics["extra_trees_test_accuracy"]
+    assert trees["cae"] > 0.85 and trees["cae"] > trees["random_mean"]
+    model = load_model(tmp_path / "sup")
+    assert model.label_classes == ["high", "low"]
+    test = res.split.test
+    xs = model.pre.transform(x[test])[:, model.panel_index]
+    proba = model.predict_labels(xs)
+    assert proba.shape == (len(test), 2)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    assert model.predict(xs).shape == (len(test), len(genes))
+    with pytest.raises(Exception, match="state"):
+        select_panel(ed, cfg.replace(labels="nope"), evaluate_baselines=False)

@@ -46,6 +46,8 @@ def select(
     include: str | None = typer.Option(None, help="Genes that must be in the panel: A,B,C or @file."),
     exclude: str | None = typer.Option(None, help="Genes or patterns to leave out: 'MT-*,RP[SL]*' or @file."),
     candidates: str | None = typer.Option(None, help="Choose the panel from these genes only: A,B or @file."),
+    labels: str | None = typer.Option(None, help="Supervised: obs column with a cell type or condition."),
+    label_weight: float | None = typer.Option(None, help="Supervised: weight of the label loss, (0, 1]. [default: 1]"),
     restarts: int | None = typer.Option(None, help="Train from N seeds, keep the best, report agreement."),
     checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N epochs (0: never)."),
     retry: bool | None = typer.Option(
@@ -68,7 +70,7 @@ def select(
     setup_logging(verbose)
     flags: dict[str, Any] = {
         "seed": seed, "include": include, "exclude": exclude, "candidates": candidates,
-        "train.restarts": restarts, "preprocess": preprocess, "target_sum": target_sum,
+        "train.restarts": restarts, "labels": labels, "label_weight": label_weight, "preprocess": preprocess, "target_sum": target_sum,
         "n_related": n_related,
         "input.layer": layer, "input.gene_column": gene_column, "input.dataset": dataset,
         "input.genes": genes, "input.genes_by_samples": genes_by_samples,
