@@ -32,7 +32,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from genepanel.errors import DataError, UsageError
-from genepanel.io import read_matrix, write_json, write_tsv
+from genepanel.io import BackedMatrix, read_matrix, write_json, write_tsv
 from genepanel.saved import DECODERS, FittedModel, load_model
 
 UNS_KEY = "genepanel_impute"
@@ -73,67 +73,10 @@ class _MatrixRows(_Rows):
             return sp.csr_matrix(block, dtype=np.float32)
         return np.asarray(block, dtype=np.float32)
 
-
-class _H5adRows(_Rows):
-    """An ``.h5ad`` file read through h5py, one row batch at a time (dense or sparse X)."""
-
-    def __init__(self, path: Path, layer: str | None, gene_column: str | None):
-        from genepanel.io import _open_h5, _read_elem
-
-        self.file = _open_h5(path)
-        f = self.file
-        try:
-            var = _read_elem(f["var"])
-            self.obs = _read_elem(f["obs"]) if "obs" in f else pd.DataFrame()
-            if layer is None:
-                if "X" not in f:
-                    msg = f"{path} has no X matrix; choose a layer with --layer"
-                    raise DataError(msg)
-                node, where = f["X"], "X"
-            else:
-                layers = list(f["layers"].keys()) if "layers" in f else []
-                if layer not in layers:
-                    avail = ", ".join(layers) or "none"
-                    msg = (f"{path} has no layer '{layer}' (layers: {avail}); "
-                           "pick one or omit --layer")
-                    raise DataError(msg)
-                node, where = f["layers"][layer], f"layers/{layer}"
-            if isinstance(node, h5py.Dataset):
-                if node.ndim != 2:
-                    msg = f"{path}:{where} is not a 2-D matrix (shape {node.shape})"
-                    raise DataError(msg)
-                self.X: Any = node
-            else:
-                try:
-                    from anndata.io import sparse_dataset
-                except ImportError:  # anndata < 0.11
-                    from anndata.experimental import sparse_dataset
-                self.X = sparse_dataset(node)
-            if gene_column is None:
-                self.genes = [str(g) for g in var.index]
-            else:
-                if gene_column not in var.columns:
-                    cols = ", ".join(map(str, var.columns)) or "none"
-                    msg = f"{path} has no var column '{gene_column}' (columns: {cols})"
-                    raise DataError(msg)
-                self.genes = ["" if pd.isna(g) else str(g) for g in var[gene_column]]
-            if self.X.shape != (len(self.obs), len(self.genes)):
-                msg = f"{path}:{where} has shape {self.X.shape} but obs × var is " \
-                      f"{len(self.obs)} × {len(self.genes)}"
-                raise DataError(msg)
-        except BaseException:
-            f.close()
-            raise
-        self.source = f"{path} ({where})"
-
-    def read(self, start: int, stop: int) -> np.ndarray | sp.csr_matrix:
-        block = self.X[start:stop]
-        if sp.issparse(block):
-            return sp.csr_matrix(block, dtype=np.float32)
-        return np.asarray(block, dtype=np.float32)
-
     def close(self) -> None:
-        self.file.close()
+        """Close the file behind a streamed matrix."""
+        if isinstance(self.X, BackedMatrix):
+            self.X.close()
 
 
 def _open_rows(
@@ -156,15 +99,10 @@ def _open_rows(
                 raise DataError(msg)
             genes = [str(g) for g in data.var[gene_column]]
         return _MatrixRows(X, genes, data.obs, "AnnData in memory")
-    path = Path(data)
-    from genepanel.io import _is_anndata, _open_h5
-
-    with _open_h5(path) as f:
-        is_h5ad = _is_anndata(f)
-    if is_h5ad:
-        return _H5adRows(path, layer, gene_column)
-    # plain HDF5: read whole (there is no standard row layout to stream)
-    ed = read_matrix(path, layer=layer, gene_column=gene_column, **hdf5)
+    # .h5ad and plain HDF5 stay on disk (rows read per batch), except a genes × samples
+    # HDF5 matrix, which has to be transposed in memory.
+    stream = not hdf5.get("genes_by_samples", False)
+    ed = read_matrix(Path(data), layer=layer, gene_column=gene_column, stream=stream, **hdf5)
     return _MatrixRows(ed.X, ed.genes, ed.obs, ed.source)
 
 
