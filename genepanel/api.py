@@ -282,10 +282,15 @@ def _select_one(
         metrics["trained_decoder_test_accuracy"] = test_eval["accuracy"]
         metrics["trained_decoder_test_cross_entropy"] = test_eval["cross_entropy"]
     panels_to_score = {"cae": panel.indices}
+    # The HVG and PCA baselines see a random subset of training rows whose dense copy
+    # stays within a quarter of the host memory budget.
+    rows_cap = max(1000, int(cfg.input.host_memory_budget_gb * 2**30 / (4 * 4 * d)))
     if evaluate_baselines:
         for i, p in enumerate(random_panels(d, cfg.k, cfg.seed, N_RANDOM_PANELS)):
             panels_to_score[f"random_{i}"] = p
-        panels_to_score["hvg"], hvg_method = hvg_panel(data, pre, split.train, cfg.k)
+        panels_to_score["hvg"], hvg_method = hvg_panel(
+            data, pre, split.train, cfg.k, max_rows=rows_cap, seed=cfg.seed
+        )
     fits = fit_linear(data, pre, split.train, panels_to_score)
     mse = linear_test_mse(data, pre, split.test, fits)
     metrics["linear_refit_test_mse"] = mse["cae"]
@@ -297,7 +302,7 @@ def _select_one(
         }
         metrics["hvg_panel_test_mse"] = mse["hvg"]
         metrics["hvg_method"] = hvg_method
-        pca = pca_bound(data, pre, split.train, split.test, cfg.k, cfg.seed)
+        pca = pca_bound(data, pre, split.train, split.test, cfg.k, cfg.seed, max_rows=rows_cap)
         metrics["pca_bound_test_mse"] = pca["mse"]
         metrics["pca_components"] = pca["components"]
     if n_lab:

@@ -122,7 +122,7 @@ def pca_bound(
         fit_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
     d = data.shape[1]
     n_comp = int(min(k, len(fit_rows), d))
-    if len(fit_rows) * d * 4 <= 2**30:
+    if len(fit_rows) * d * 4 <= 2**28:
         x = np.concatenate(list(_batches(data, pre, fit_rows, batch)))
         pca = PCA(n_components=n_comp, random_state=seed).fit(x)
         del x
