@@ -18,7 +18,14 @@ from genepanel.constraints import Constraints
 from genepanel.constraints import resolve as resolve_constraints
 from genepanel.data import Preprocessor, Split, label_codes, make_split, resolve_labels
 from genepanel.errors import DataError, UsageError
-from genepanel.evaluate import fit_linear, hvg_panel, linear_test_mse, pca_bound, random_panels
+from genepanel.evaluate import (
+    fit_linear,
+    hvg_panel,
+    linear_test_mse,
+    pca_bound,
+    random_panels,
+    test_variance,
+)
 from genepanel.io import (
     ExpressionData,
     OutputDir,
@@ -307,7 +314,7 @@ def _select_one(
         metrics["pca_components"] = pca["components"]
     if n_lab:
         metrics["extra_trees_test_accuracy"] = _extra_trees(prep, panels_to_score, cfg.seed)
-    metrics["test_variance"] = _test_variance(prep.test)
+    metrics["test_variance"] = test_variance(data, pre, split.test)
     timings["evaluate"] = time.perf_counter() - t
 
     run_cfg = cfg.replace(seed=cfg.seed)  # the resolved config
@@ -431,17 +438,6 @@ def panel_stability(
         "n_genes_in_every_panel": len(always),
     }
     return {"summary": summary, "genes": gene_table, "runs": runs}
-
-
-def _test_variance(src: RowSource) -> float:
-    """Mean per-gene variance of the preprocessed test rows (MSE of predicting the mean)."""
-    s1 = s2 = None
-    for start in range(0, src.n, 4096):
-        xb = src.batch(np.arange(start, min(start + 4096, src.n))).astype(np.float64)
-        s1 = xb.sum(0) if s1 is None else s1 + xb.sum(0)
-        s2 = (xb * xb).sum(0) if s2 is None else s2 + (xb * xb).sum(0)
-    mean = s1 / src.n
-    return float(np.mean(s2 / src.n - mean * mean))
 
 
 def _check_resume_config(

@@ -179,7 +179,14 @@ def run_benchmark(
     from genepanel.api import select_panel
     from genepanel.baselines import laplacian_panel, pfa_panel
     from genepanel.data import Preprocessor, dense_rows, make_split
-    from genepanel.evaluate import fit_linear, hvg_panel, linear_test_mse, pca_bound, random_panels
+    from genepanel.evaluate import (
+        fit_linear,
+        hvg_panel,
+        linear_test_mse,
+        pca_bound,
+        random_panels,
+        test_variance,
+    )
 
     methods = _check_methods(methods)
     if n_random < 1 and "random" in methods:
@@ -278,7 +285,7 @@ def run_benchmark(
     timings["accuracy"] = time.perf_counter() - t
 
     table = _table(methods, panels, mse, acc, pca, seconds, detail, cfg.k)
-    test_var = _test_variance(data, pre, split.test)
+    test_var = test_variance(data, pre, split.test)
     timings["total"] = time.perf_counter() - t0
     from genepanel.saved import versions
 
@@ -361,17 +368,6 @@ def _accuracies(
     info = {"n_train": len(tr), "n_test": len(te), "n_classes": len(np.unique(y[tr])),
             "classifier": "sklearn ExtraTreesClassifier(n_estimators=50)"}
     return acc, info
-
-
-def _test_variance(data: ExpressionData, pre: Any, rows: np.ndarray) -> float:
-    s1 = np.zeros(data.shape[1])
-    s2 = np.zeros(data.shape[1])
-    for i in range(0, len(rows), 4096):
-        xb = pre.transform(data.rows(rows[i : i + 4096])).astype(np.float64)
-        s1 += xb.sum(0)
-        s2 += (xb * xb).sum(0)
-    mean = s1 / len(rows)
-    return float(np.mean(s2 / len(rows) - mean * mean))
 
 
 def _table(

@@ -138,6 +138,18 @@ def pca_bound(
     return {"mse": sse / (len(test_rows) * d), "components": n_comp, "fit_rows": len(fit_rows)}
 
 
+def test_variance(data: ExpressionData, pre: Preprocessor, rows: np.ndarray) -> float:
+    """Mean per-gene variance of the preprocessed ``rows``: the MSE of predicting each mean."""
+    s1 = np.zeros(data.shape[1])
+    s2 = np.zeros(data.shape[1])
+    for xb in _batches(data, pre, rows, 4096):
+        xb64 = xb.astype(np.float64)
+        s1 += xb64.sum(0)
+        s2 += (xb64 * xb64).sum(0)
+    mean = s1 / len(rows)
+    return float(np.mean(s2 / len(rows) - mean * mean))
+
+
 def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
     """``n`` random panels of ``k`` distinct genes out of ``d``."""
     rng = np.random.default_rng([seed, 11])
