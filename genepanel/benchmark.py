@@ -11,7 +11,7 @@ reconstruction, which no ``k``-gene panel with a linear decoder can beat.
 Besides ``.h5ad`` and plain HDF5 (through :func:`genepanel.io.read_matrix`), the
 benchmark reads ``.npz`` files holding ``X`` (samples × features), ``feature_names``
 and optionally ``y`` and other per-sample vectors (the layout of the paper's benchmark
-sets in ``shared/data``), see :func:`read_npz`.
+sets in ``shared/data``), see :func:`genepanel.io.read_npz`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pandas as pd
 from genepanel.config import SelectConfig
 from genepanel.data import resolve_labels
 from genepanel.errors import DataError, UsageError
-from genepanel.io import ExpressionData, OutputDir, atomic_write, validate_matrix, write_json
+from genepanel.io import ExpressionData, OutputDir, atomic_write, write_json
 from genepanel.io import write_tsv as _write_tsv
 
 log = logging.getLogger("genepanel")
@@ -72,64 +72,6 @@ class BenchmarkResult:
 
 
 # --------------------------------------------------------------------------- input
-
-
-def read_npz(path: str | Path) -> ExpressionData:
-    """Read a benchmark ``.npz``: ``X`` ``[n, d]``, ``feature_names`` ``[d]``, per-sample keys.
-
-    ``y`` and every other 1-D array with one entry per sample (e.g. ``mouse_id``) go
-    into ``obs`` under their own names, so ``--labels y`` picks the class labels.
-    Non-finite values are refused like in any other input.
-
-    Raises
-    ------
-    DataError
-        Missing file or ``X``, a non-2-D ``X``, or ``feature_names`` of the wrong length.
-    """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"input file {path} not found; check the path"
-        raise DataError(msg)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
-        raise DataError(msg) from exc
-    with z:
-        if "X" not in z.files:
-            msg = f"{path} has no array 'X' (arrays: {', '.join(z.files) or 'none'})"
-            raise DataError(msg)
-        x = np.asarray(z["X"])
-        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-            msg = f"{path}: X must be a 2-D numeric samples × features matrix, got {x.shape}"
-            raise DataError(msg)
-        n, d = x.shape
-        if "feature_names" in z.files:
-            genes = [str(g) for g in z["feature_names"]]
-        else:
-            genes = [f"f{i}" for i in range(d)]
-        obs = pd.DataFrame(index=[f"s{i}" for i in range(n)])
-        for key in z.files:
-            if key in ("X", "feature_names"):
-                continue
-            arr = z[key]
-            if arr.ndim == 1 and len(arr) == n:
-                obs[key] = arr
-    data = ExpressionData(X=x.astype(np.float32), genes=genes, obs=obs, source=str(path))
-    validate_matrix(data)
-    return data
-
-
-def load_data(path: str | Path, cfg: SelectConfig) -> ExpressionData:
-    """Read ``.npz`` with :func:`read_npz`, anything else with the ``select`` reader."""
-    if Path(path).suffix.lower() == ".npz":
-        return read_npz(path)
-    from genepanel.api import load_input
-
-    return load_input(path, cfg)
-
-
-# --------------------------------------------------------------------------- benchmark
 
 
 def run_benchmark(
@@ -197,7 +139,9 @@ def run_benchmark(
     if outdir is not None:
         outdir.check()
     if not isinstance(data, ExpressionData):
-        data = load_data(data, cfg)
+        from genepanel.api import load_input
+
+        data = load_input(data, cfg)
     n, d = data.shape
     if cfg.k >= d:
         msg = f"--k {cfg.k} must be smaller than the number of genes ({d}); choose k < {d}"

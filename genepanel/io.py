@@ -176,7 +176,7 @@ def read_matrix(
     genes_by_samples: bool = False,
     stream: bool = False,
 ) -> ExpressionData:
-    """Read an expression matrix from ``.h5ad`` or plain HDF5 and validate it.
+    """Read an expression matrix from ``.h5ad``, plain HDF5 or ``.npz`` and validate it.
 
     Parameters
     ----------
@@ -202,6 +202,8 @@ def read_matrix(
         duplicate or empty gene names.
     """
     path = Path(path)
+    if path.suffix.lower() == ".npz":
+        return read_npz(path)
     with _open_h5(path) as f:
         if _is_anndata(f):
             if dataset is not None or genes_by_samples:
@@ -240,6 +242,52 @@ def matrix_bytes(path: str | Path, layer: str | None = None, dataset: str | None
     except (OSError, KeyError, TypeError):
         return 0
     return 0
+
+
+def read_npz(path: str | Path) -> ExpressionData:
+    """Read a benchmark ``.npz``: ``X`` ``[n, d]``, ``feature_names`` ``[d]``, per-sample keys.
+
+    ``y`` and every other 1-D array with one entry per sample (e.g. ``mouse_id``) go
+    into ``obs`` under their own names, so ``--labels y`` picks the class labels.
+    Non-finite values are refused like in any other input.
+
+    Raises
+    ------
+    DataError
+        Missing file or ``X``, a non-2-D ``X``, or ``feature_names`` of the wrong length.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"input file {path} not found; check the path"
+        raise DataError(msg)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
+        raise DataError(msg) from exc
+    with z:
+        if "X" not in z.files:
+            msg = f"{path} has no array 'X' (arrays: {', '.join(z.files) or 'none'})"
+            raise DataError(msg)
+        x = np.asarray(z["X"])
+        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+            msg = f"{path}: X must be a 2-D numeric samples × features matrix, got {x.shape}"
+            raise DataError(msg)
+        n, d = x.shape
+        if "feature_names" in z.files:
+            genes = [str(g) for g in z["feature_names"]]
+        else:
+            genes = [f"f{i}" for i in range(d)]
+        obs = pd.DataFrame(index=[f"s{i}" for i in range(n)])
+        for key in z.files:
+            if key in ("X", "feature_names"):
+                continue
+            arr = z[key]
+            if arr.ndim == 1 and len(arr) == n:
+                obs[key] = arr
+    data = ExpressionData(X=x.astype(np.float32), genes=genes, obs=obs, source=str(path))
+    validate_matrix(data)
+    return data
 
 
 def _read_elem(node: Any) -> Any:

@@ -18,9 +18,9 @@ from genepanel.baselines import (
     laplacian_score,
     pfa_panel,
 )
-from genepanel.benchmark import read_npz
 from genepanel.cli import app
 from genepanel.errors import DataError, UsageError
+from genepanel.io import read_npz
 
 runner = CliRunner()
 
