@@ -123,3 +123,17 @@ def test_verbose_shows_traceback(tmp_path):
 def test_resume_without_partial_run(planted_h5ad, tmp_path, flag):
     path, _ = planted_h5ad
     _one_line_error(_run("select", path, "--out", tmp_path / "o", flag), 2, "no interrupted run")
+
+
+def test_select_reads_npz(tmp_path):
+    from tests.conftest import planted
+
+    x, genes, _, _ = planted(seed=2)
+    path = tmp_path / "set.npz"
+    np.savez(path, X=x, feature_names=np.array(genes), y=np.arange(len(x)) % 3)
+    out = tmp_path / "run"
+    res = _run("select", path, "--k", 4, "--out", out, *FAST, "--no-baselines")
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"]["n_genes"] == len(genes)
+    assert set(pd.read_csv(out / "panel.tsv", sep="\t")["gene"]) <= set(genes)
