@@ -486,6 +486,7 @@ def _run_record(
             "attempts": result.attempts,
             "data_path": result.path,
             "batch_size": result.batch_size,
+            "max_epochs": result.history[-1]["epochs"] if result.history else None,
             "steps_per_epoch": result.steps_per_epoch,
             "devices": result.n_devices,
             "platform": jax.default_backend(),

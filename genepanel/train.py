@@ -369,8 +369,26 @@ def eval_chunk(n: int, n_devices: int, cap: int = 2048) -> int:
     return ((c + n_devices - 1) // n_devices) * n_devices
 
 
-def effective_batch_size(requested: int, n_train: int, n_devices: int) -> int:
-    """The global batch: ``requested``, or all training rows when fewer (rounded to devices)."""
+def default_batch_size(n_train: int) -> int:
+    """``min(256, max(16, n_train // 16))``: at least 16 minibatches per epoch when small."""
+    return min(256, max(16, n_train // 16))
+
+
+def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The annealing length and epoch cap ``E``: ``max_epochs``, or ``anneal_steps`` worth."""
+    if cfg.max_epochs is not None:
+        return cfg.max_epochs
+    return max(1, -(-cfg.anneal_steps // steps_per_epoch))
+
+
+def effective_batch_size(requested: int | None, n_train: int, n_devices: int) -> int:
+    """The global minibatch size, a multiple of the device count.
+
+    ``requested`` (default: :func:`default_batch_size`), or all training rows when there
+    are fewer.
+    """
+    if requested is None:
+        requested = max(n_devices, default_batch_size(n_train) // n_devices * n_devices)
     if requested <= n_train:
         check_batch_size(requested, n_devices)
         return requested
@@ -457,7 +475,7 @@ def fit(
     thr = jnp.float32(cfg.collision_threshold)
 
     attempt, epoch, history, collisions = 0, 0, [], 0
-    max_epochs = cfg.max_epochs
+    max_epochs = epochs_for(cfg, steps)
     state = trainer.init_state(attempt)
     if resume and checkpoint is not None and checkpoint.exists():
         state, meta = load_checkpoint(checkpoint, state)
@@ -507,6 +525,7 @@ def fit(
                 )
                 record = {
                     "epoch": epoch + 1,
+                    "epochs": max_epochs,
                     "temperature": float(temp),
                     "mean_max_prob": mean_max,
                     "train_loss": float(loss),

@@ -58,7 +58,7 @@ def run_command(fn: Callable[[], T], verbose: bool) -> T:
 class EpochReporter:
     """A progress bar on a terminal, one log line per epoch otherwise."""
 
-    def __init__(self, max_epochs: int, *, enabled: bool = True):
+    def __init__(self, max_epochs: int | None, *, enabled: bool = True):
         self.max_epochs = max_epochs
         self.enabled = enabled
         self.bar: Any = None
@@ -95,8 +95,9 @@ class EpochReporter:
             f"T={rec['temperature']:.3g} maxprob={rec['mean_max_prob']:.3f} "
             f"train={rec['train_loss']:.4g} val={rec['val_loss']:.4g}"
         )
+        self.max_epochs = int(rec.get("epochs", self.max_epochs or 0))
         if self.bar is not None:
-            self.bar.update(self.task, completed=rec["epoch"], info=info)
+            self.bar.update(self.task, completed=rec["epoch"], total=self.max_epochs, info=info)
         else:
             log.info("epoch %d/%d %s (%.2fs)", rec["epoch"], self.max_epochs, info, rec["seconds"])
 
