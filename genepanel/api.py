@@ -43,6 +43,7 @@ from genepanel.train import FitResult, RowSource, Trainer, eval_chunk, fit
 log = logging.getLogger("genepanel")
 
 N_RANDOM_PANELS = 5
+VAL_ROWS = 8192
 
 
 @dataclass
@@ -110,13 +111,19 @@ def _prepare(data: ExpressionData, cfg: SelectConfig) -> _Prepared:
                    "training samples; supervised panels need at least two")
             raise DataError(msg)
     lab = {"labels": codes, "n_classes": len(classes)}
+    # The per-epoch validation error (history, choice among restarts) uses at most
+    # VAL_ROWS rows, so that an epoch never rereads a large validation set from disk.
+    val_rows = split.val
+    if len(val_rows) > VAL_ROWS:
+        val_rows = np.sort(np.random.default_rng([cfg.seed, 17]).choice(val_rows, VAL_ROWS,
+                                                                          replace=False))
     return _Prepared(
         data=data,
         split=split,
         pre=pre,
         train=RowSource(data, pre, split.train, materialize=materialize, **lab),
-        val=(RowSource(data, pre, split.val, materialize=materialize, **lab)
-             if len(split.val) else None),
+        val=(RowSource(data, pre, val_rows, materialize=materialize, **lab)
+             if len(val_rows) else None),
         test=RowSource(data, pre, split.test, materialize=False, **lab),
         timings={"preprocess": time.perf_counter() - t},
         classes=classes,
