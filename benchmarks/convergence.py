@@ -105,7 +105,8 @@ def load_sets(names: list[str], mnist_rows: int) -> list[DataSet]:
                 subprocess.run([sys.executable, str(ROOT / "examples" / "make_pbmc_example.py"),
                                 str(PBMC)], check=True, capture_output=True)
             data = load_input(PBMC, SelectConfig())
-            out.append(DataSet(name, "PBMC (scanpy pbmc68k_reduced, .raw)", data, 50, "log1p as shipped"))
+            out.append(DataSet(name, "PBMC (scanpy pbmc68k_reduced, .raw)", data, 50,
+                               "log1p as shipped"))
         elif name == "flu":
             path = DATA / "bulk_flu_gse30550_n252x4147.h5ad"
             data = load_input(path, SelectConfig())
