@@ -7,7 +7,17 @@ from typing import Any
 
 import typer
 
-from genepanel.cli.common import EpochReporter, log, run_command, setup_logging
+from genepanel.cli.common import (
+    EpochReporter,
+    dataset_option,
+    gene_column_option,
+    genes_option,
+    layer_option,
+    log,
+    run_command,
+    setup_logging,
+    stream_option,
+)
 
 
 def benchmark(
@@ -33,20 +43,11 @@ def benchmark(
         "cae,random,hvg,laplacian,pfa,pca", help="Comma-separated methods to run."
     ),
     n_random: int = typer.Option(5, help="Number of random panels (mean ± sd reported)."),
-    layer: str | None = typer.Option(None, help="AnnData layer to use instead of X."),
-    gene_column: str | None = typer.Option(
-        None, help="var column with gene names (default var_names)."
-    ),
-    dataset: str | None = typer.Option(
-        None, help="Plain HDF5: path of the 2-D matrix in the file."
-    ),
-    genes: str | None = typer.Option(
-        None, help="Plain HDF5: gene names (dataset path or text file)."
-    ),
-    stream: bool | None = typer.Option(
-        None, "--stream/--no-stream",
-        help="Read minibatches from disk instead of loading the matrix (default: automatic).",
-    ),
+    layer: str | None = layer_option(),
+    gene_column: str | None = gene_column_option(),
+    dataset: str | None = dataset_option(),
+    genes: str | None = genes_option(),
+    stream: bool | None = stream_option(),
     preprocess: str | None = typer.Option(
         None, help="none | log1p | standardize | log1p+standardize. [default: none]"
     ),

@@ -11,6 +11,36 @@ from typing import Any, TypeVar
 import typer
 
 T = TypeVar("T")
+
+
+# Input options shared by every command that reads an expression matrix.
+def layer_option() -> Any:
+    """``--layer``: an AnnData layer instead of ``X``."""
+    return typer.Option(None, help="AnnData layer to use instead of X.")
+
+
+def gene_column_option() -> Any:
+    """``--gene-column``: a ``var`` column with the gene names."""
+    return typer.Option(None, help="var column with gene names (default var_names).")
+
+
+def dataset_option() -> Any:
+    """``--dataset``: the matrix inside a plain HDF5 file."""
+    return typer.Option(None, help="Plain HDF5: path of the 2-D matrix in the file.")
+
+
+def genes_option() -> Any:
+    """``--genes``: gene names of a plain HDF5 matrix."""
+    return typer.Option(None, help="Plain HDF5: gene names (dataset path or text file).")
+
+
+def stream_option() -> Any:
+    """``--stream/--no-stream``: read minibatches from disk."""
+    return typer.Option(
+        None, "--stream/--no-stream",
+        help="Leave the matrix on disk and read minibatches from it. [default: when larger "
+        "than input.host_memory_budget_gb]",
+    )
 log = logging.getLogger("genepanel")
 
 

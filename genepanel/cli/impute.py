@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from genepanel.cli.common import log, run_command, setup_logging
+from genepanel.cli.common import (
+    dataset_option,
+    gene_column_option,
+    genes_option,
+    layer_option,
+    log,
+    run_command,
+    setup_logging,
+)
 
 
 def impute(
@@ -30,16 +38,10 @@ def impute(
     totals_column: str | None = typer.Option(
         None, help="log1p models, panel-only input: obs column of per-sample totals over all genes."
     ),
-    layer: str | None = typer.Option(None, help="AnnData layer to use instead of X."),
-    gene_column: str | None = typer.Option(
-        None, help="var column with gene names (default var_names)."
-    ),
-    dataset: str | None = typer.Option(
-        None, help="Plain HDF5: path of the 2-D matrix in the file."
-    ),
-    genes: str | None = typer.Option(
-        None, help="Plain HDF5: gene names (dataset path or text file)."
-    ),
+    layer: str | None = layer_option(),
+    gene_column: str | None = gene_column_option(),
+    dataset: str | None = dataset_option(),
+    genes: str | None = genes_option(),
     genes_by_samples: bool = typer.Option(
         False, "--genes-by-samples", help="Plain HDF5 matrix is stored genes × samples."
     ),

@@ -7,7 +7,17 @@ from typing import Any
 
 import typer
 
-from genepanel.cli.common import EpochReporter, log, run_command, setup_logging
+from genepanel.cli.common import (
+    EpochReporter,
+    dataset_option,
+    gene_column_option,
+    genes_option,
+    layer_option,
+    log,
+    run_command,
+    setup_logging,
+    stream_option,
+)
 
 
 def select(
@@ -17,18 +27,14 @@ def select(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it."),
-    layer: str | None = typer.Option(None, help="AnnData layer to use instead of X."),
-    gene_column: str | None = typer.Option(None, help="var column with gene names (default var_names)."),
-    dataset: str | None = typer.Option(None, help="Plain HDF5: path of the 2-D matrix in the file."),
-    genes: str | None = typer.Option(None, help="Plain HDF5: gene names (dataset path or text file)."),
+    layer: str | None = layer_option(),
+    gene_column: str | None = gene_column_option(),
+    dataset: str | None = dataset_option(),
+    genes: str | None = genes_option(),
     genes_by_samples: bool | None = typer.Option(
         None, "--genes-by-samples", help="Plain HDF5 matrix is stored genes × samples."
     ),
-    stream: bool | None = typer.Option(
-        None, "--stream/--no-stream",
-        help="Leave the matrix on disk and read minibatches from it. [default: when larger "
-        "than input.host_memory_budget_gb]",
-    ),
+    stream: bool | None = stream_option(),
     preprocess: str | None = typer.Option(
         None, help="none | log1p | standardize | log1p+standardize. [default: none]"
     ),
