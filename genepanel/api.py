@@ -44,6 +44,10 @@ log = logging.getLogger("genepanel")
 
 N_RANDOM_PANELS = 5
 VAL_ROWS = 8192
+HISTORY_COLUMNS = (
+    "epoch", "epochs", "temperature", "mean_max_prob", "train_loss", "val_loss",
+    "val_accuracy", "collisions", "unique_genes", "seconds",
+)
 
 
 @dataclass
@@ -375,8 +379,9 @@ def _write_run(folder: Path, sel: SelectResult) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_tsv(folder / "panel.tsv", sel.panel_table)
     write_tsv(folder / "groups.tsv", sel.groups)
-    epochs = [h for h in sel.fit.history if "epoch" in h]
-    write_tsv(folder / "history.tsv", pd.DataFrame(epochs))
+    epochs = pd.DataFrame([h for h in sel.fit.history if "epoch" in h])
+    order = [c for c in HISTORY_COLUMNS if c in epochs.columns]
+    write_tsv(folder / "history.tsv", epochs[order + sorted(set(epochs.columns) - set(order))])
     plot_history(sel.fit.history, folder / "history.png")
     if sel.stability is not None:
         write_tsv(folder / "stability.tsv", sel.stability["genes"])

@@ -38,9 +38,14 @@ State = dict[str, Any]
 
 
 class Interrupted(GenepanelError):
-    """Training stopped by SIGINT/SIGTERM after a checkpoint was written."""
+    """Training stopped by SIGINT (exit 130) or SIGTERM (143) after a checkpoint was written."""
 
     exit_code = 130
+
+    def __init__(self, msg: str, signum: int | None = None):
+        super().__init__(msg)
+        if signum == signal.SIGTERM:
+            self.exit_code = 143
 
 
 def temperature(epoch: int | np.ndarray, t0: float, tb: float, epochs: int) -> np.ndarray:
@@ -551,7 +556,7 @@ def fit(
                     save()
                     where = f"; resume with --resume ({checkpoint})" if checkpoint else ""
                     msg = f"interrupted after epoch {epoch}{where}"
-                    raise Interrupted(msg)
+                    raise Interrupted(msg, stop["signal"])
             if converged or not cfg.retry_unconverged or attempt >= cfg.max_retries:
                 break
             attempt += 1

@@ -137,3 +137,34 @@ def test_select_reads_npz(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["data"]["n_genes"] == len(genes)
     assert set(pd.read_csv(out / "panel.tsv", sep="\t")["gene"]) <= set(genes)
+
+
+def test_sigterm_checkpoints_and_resume_finishes_the_same_run(planted_h5ad, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path, _ = planted_h5ad
+    args = ["select", str(path), "--k", "4", "--anneal-steps", "3000", "--seed", "2",
+            "--no-baselines"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "genepanel", *args, "--out", str(tmp_path / "cut")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # one log line per epoch when stderr is not a terminal
+        if line.startswith("epoch 20/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 143, rest
+    assert "resume with --resume" in rest
+    assert (tmp_path / "cut.partial" / "checkpoints" / "state.msgpack").exists()
+    assert not (tmp_path / "cut").exists()
+    assert _run(*args, "--out", tmp_path / "cut", "--resume", "-q").exit_code == 0
+    assert _run(*args, "--out", tmp_path / "full", "-q").exit_code == 0
+    for name in ("panel.tsv", "history.tsv"):
+        cut = pd.read_csv(tmp_path / "cut" / name, sep="\t")
+        full = pd.read_csv(tmp_path / "full" / name, sep="\t")
+        pd.testing.assert_frame_equal(cut.drop(columns="seconds", errors="ignore"),
+                                      full.drop(columns="seconds", errors="ignore"))
