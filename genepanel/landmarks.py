@@ -1,7 +1,7 @@
 """The bundled L1000 landmark genes and mapping a reference panel onto a data set's genes.
 
-The 978 LINCS L1000 landmark genes ship as package data (``data/l1000_landmarks.tsv``;
-provenance in ``data/L1000_PROVENANCE.md``). A data set names its genes by symbol (old
+The 978 LINCS L1000 landmark genes ship as package data (``resources/l1000_landmarks.tsv``;
+provenance in ``resources/L1000_PROVENANCE.md``). A data set names its genes by symbol (old
 or current), Entrez ID, Ensembl ID (often versioned) or microarray probe ID, in its
 gene names or in a ``var`` column; :func:`map_reference` tries every identifier of the
 reference against every such column and keeps, for each reference gene, the match
@@ -47,7 +47,7 @@ def load_landmarks() -> pd.DataFrame:
         ``l1000_analyte_id``, ``in_dgex_943`` (``"1"``/``"0"``), ``dgex_ensembl_id``,
         ``ensembl_ids_2022`` (``;``-joined) and ``gene_title``; blanks are ``""``.
     """
-    path = resources.files("genepanel").joinpath("data/l1000_landmarks.tsv")
+    path = resources.files("genepanel").joinpath("resources/l1000_landmarks.tsv")
     with path.open("r") as fh:
         table = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False)
     if len(table) != N_LANDMARKS:  # pragma: no cover - guards a damaged installation

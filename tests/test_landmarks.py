@@ -38,7 +38,7 @@ def test_bundled_table_is_the_shared_copy(shared_data):
     bundled = resources.files("genepanel").joinpath("data/l1000_landmarks.tsv").read_bytes()
     shared = (shared_data / "l1000_landmarks.tsv").read_bytes()
     assert hashlib.sha256(bundled).hexdigest() == hashlib.sha256(shared).hexdigest()
-    prov = resources.files("genepanel").joinpath("data/L1000_PROVENANCE.md").read_text()
+    prov = resources.files("genepanel").joinpath("resources/L1000_PROVENANCE.md").read_text()
     assert "d1652c3223e49e68e3a71634909342b4a6dbf361" in prov
 
 
