@@ -35,7 +35,7 @@ def test_bundled_table_is_the_shared_copy(shared_data):
     assert len(table) == 978 and table["entrez_id"].is_unique and table["symbol"].is_unique
     assert (table["in_dgex_943"] == "1").sum() == 943
     assert (table["symbol"] != table["symbol_2022"]).sum() == 47
-    bundled = resources.files("genepanel").joinpath("data/l1000_landmarks.tsv").read_bytes()
+    bundled = resources.files("genepanel").joinpath("resources/l1000_landmarks.tsv").read_bytes()
     shared = (shared_data / "l1000_landmarks.tsv").read_bytes()
     assert hashlib.sha256(bundled).hexdigest() == hashlib.sha256(shared).hexdigest()
     prov = resources.files("genepanel").joinpath("resources/L1000_PROVENANCE.md").read_text()
