@@ -344,7 +344,7 @@ def _select_one(
     timings["total"] = sum(timings.values())
     run = _run_record(cfg, data, split, result, panel, metrics, timings)
     run["seed"] = cfg.seed + best
-    if con.active:
+    if cfg.include or cfg.exclude or cfg.candidates:
         run["constraints"] = con.report
     if stability is not None:
         run["restarts"] = stability["summary"]

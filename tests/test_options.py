@@ -52,6 +52,9 @@ def test_exclude_patterns_and_candidates_are_honoured(data):
     assert not [g for g in chosen if fnmatch.fnmatchcase(g, "gene00*")
                 or fnmatch.fnmatchcase(g, "gene01?")]
     assert res.run["constraints"]["excluded_genes"] == 20
+    res = select_panel(ed, _cfg(exclude=["zz*"], **{"train.max_epochs": 2}),
+                       evaluate_baselines=False)
+    assert res.run["constraints"]["exclude_patterns_matching_nothing"] == ["zz*"]
     cands = ed.genes[30:45]
     res = select_panel(ed, _cfg(candidates=cands), evaluate_baselines=False)
     assert set(res.panel_table["gene"]) <= set(cands)

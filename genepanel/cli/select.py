@@ -119,6 +119,9 @@ def select(
         if not is_main_process():
             return
         for res in results:
+            unmatched = res.run.get("constraints", {}).get("exclude_patterns_matching_nothing")
+            if unmatched:
+                log.warning("warning: --exclude %s matched no gene", ", ".join(unmatched))
             m, tr = res.metrics, res.run["training"]
             state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
                      else f"not converged after {tr['epochs_run']} epochs")
