@@ -328,7 +328,6 @@ def _select_one(
     metrics["test_variance"] = test_variance(data, pre, split.test)
     timings["evaluate"] = time.perf_counter() - t
 
-    run_cfg = cfg.replace(seed=cfg.seed)  # the resolved config
     model = FittedModel(
         panel_genes=[data.genes[i] for i in panel.indices],
         genes=list(data.genes),
@@ -337,7 +336,7 @@ def _select_one(
         params=result.params["decoder"],
         linear=fits["cae"],
         pre=pre,
-        meta={"config": run_cfg.to_dict(), "seed": cfg.seed + best, "versions": versions(),
+        meta={"config": cfg.to_dict(), "seed": cfg.seed + best, "versions": versions(),
               "source": data.source, "metrics": metrics, "label_classes": prep.classes,
               "labels_key": cfg.labels},
     )

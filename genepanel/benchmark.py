@@ -381,10 +381,9 @@ def _fmt(value: float, sd: float, spec: str) -> str:
 
 def plot_benchmark(table: pd.DataFrame, path: Path, title: str = "") -> None:
     """Bar plot of test MSE (and accuracy, when present) per method; PCA as a line."""
-    import matplotlib
+    from genepanel.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = table[table["kind"] == "panel"]
     bound = table[table["kind"] == "bound"]
@@ -413,9 +412,7 @@ def plot_benchmark(table: pd.DataFrame, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_outputs(folder: Path, result: BenchmarkResult, genes: Sequence[str]) -> None:

@@ -685,12 +685,9 @@ def _write_outputs(folder: Path, res: CompareResult) -> None:
 
 def plot_bars(summary: pd.DataFrame, path: Path) -> None:
     """Plot grouped bars (mean ± sd) of test MSE over all genes and genes in neither panel."""
-    import matplotlib
+    from genepanel.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from genepanel.io import atomic_write
+    plt = pyplot()
 
     decs = list(dict.fromkeys(summary["decoder"]))
     x = np.arange(len(decs))
@@ -708,19 +705,14 @@ def plot_bars(summary: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"test MSE, {title}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
     """Linear-decoder test MSE against panel size (the paper's Fig. 6b)."""
-    import matplotlib
+    from genepanel.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from genepanel.io import atomic_write
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     cae = sweep[sweep["panel"] == "cae_sweep"].sort_values("size")
@@ -735,9 +727,7 @@ def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("linear decoder test MSE, all genes")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _fmt(mean: float, sd: float, n: int) -> str:

@@ -294,11 +294,3 @@ def dense_rows(
     for i in range(0, len(rows), batch_size):
         out[i : i + batch_size] = pre.transform(data.rows(rows[i : i + batch_size]))
     return out
-
-
-def iter_batches(
-    data: ExpressionData, pre: Preprocessor, rows: np.ndarray, batch_size: int
-):
-    """Yield ``(row_slice_start, dense_batch)`` over ``rows`` in order."""
-    for i in range(0, len(rows), batch_size):
-        yield i, pre.transform(data.rows(rows[i : i + batch_size]))

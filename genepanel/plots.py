@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from genepanel.io import atomic_write
 
 
-def plot_history(history: list[dict[str, float]], path: Path) -> None:
-    """The paper's Fig. 3 shape: temperature, mean max probability and losses per epoch."""
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Write ``fig`` to ``path`` as PNG atomically, then free it."""
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    pyplot().close(fig)
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    """The paper's Fig. 3 shape: temperature, mean max probability and losses per epoch."""
+    plt = pyplot()
 
     rows = [h for h in history if "epoch" in h]
     ep = np.arange(1, len(rows) + 1)
@@ -33,17 +49,12 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     ax2.set_ylabel("MSE")
     ax2.legend()
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_sizes(table, path: Path) -> None:
     """Test error against panel size for the panel and its baselines (``sizes.tsv``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {
@@ -59,6 +70,4 @@ def plot_sizes(table, path: Path) -> None:
     ax.set_ylabel("test MSE")
     ax.legend()
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

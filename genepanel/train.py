@@ -333,14 +333,10 @@ class Trainer:
             out["loss"] = out["mse"]
         return out
 
-    def sse(self, params: dict, source: RowSource, sel: np.ndarray, chunk: int) -> float:
-        """Mean squared error over the genes of the hard-selection model over ``source``."""
-        return self.evaluate(params, source, sel, chunk)["mse"]
-
 class _Padded:
     """A row source padded with zero rows (and a 0/1 mask source) to whole chunks."""
 
-    def __init__(self, source: RowSource, chunk: int, d: int, mask: bool = False):  # noqa: FBT001, FBT002
+    def __init__(self, source: RowSource, chunk: int, d: int, *, mask: bool = False):
         self.source, self.chunk, self.d, self.mask = source, chunk, d, mask
 
     def mask_source(self) -> _Padded:
