@@ -3,6 +3,7 @@
 The library entry points are :func:`select_panel` (train a panel), :func:`impute`
 (all genes from a measured panel), :func:`compare_landmarks` (a panel against the L1000
 landmarks or another reference) and, for a saved run folder, :func:`load_model`.
+From a notebook, :func:`genepanel.tl.select` works on an AnnData like scanpy's tools.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "load_model",
     "map_landmarks",
     "select_panel",
+    "tl",
 ]
 
 
@@ -46,6 +48,10 @@ def __getattr__(name: str):  # lazy: keep `import genepanel` (and the CLI's --he
         from genepanel.landmarks import map_landmarks
 
         return map_landmarks
+    if name == "tl":
+        import genepanel.tl as tl
+
+        return tl
     if name == "SelectConfig":
         from genepanel.config import SelectConfig
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -40,6 +40,9 @@ from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
 from genepanel.train import FitResult, RowSource, Trainer, eval_chunk, fit
 
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata as ad
+
 log = logging.getLogger("genepanel")
 
 N_RANDOM_PANELS = 5
@@ -68,9 +71,13 @@ class SelectResult:
     stability: dict[str, Any] | None = None
 
 
-def load_input(path: str | Path, cfg: SelectConfig) -> ExpressionData:
-    """Read the matrix named by ``path`` with the input options of ``cfg``."""
+def load_input(path: Any, cfg: SelectConfig) -> ExpressionData:
+    """Read the matrix named by ``path`` (or held by an AnnData) with ``cfg``'s input options."""
     i = cfg.input
+    if not isinstance(path, str | Path):
+        from genepanel.tl import expression_from_anndata
+
+        return expression_from_anndata(path, i.layer)
     stream = i.stream == "yes" or (
         i.stream == "auto"
         and matrix_bytes(path, i.layer, i.dataset) > i.host_memory_budget_gb * 2**30
@@ -142,7 +149,7 @@ def _check_k(k: int, d: int) -> None:
 
 
 def select_panel(
-    data: ExpressionData | str | Path,
+    data: ExpressionData | ad.AnnData | str | Path,
     cfg: SelectConfig,
     out: str | Path | None = None,
     *,
@@ -157,7 +164,9 @@ def select_panel(
     Parameters
     ----------
     data
-        An :class:`~genepanel.io.ExpressionData` or a path to ``.h5ad``/HDF5.
+        An :class:`~genepanel.io.ExpressionData`, an :class:`anndata.AnnData` (``X`` or
+        ``cfg.input.layer``; see also :func:`genepanel.tl.select`) or a path to
+        ``.h5ad``/HDF5/``.npz``.
     cfg
         The validated configuration.
     out
@@ -181,7 +190,7 @@ def select_panel(
 
 
 def select_panels(
-    data: ExpressionData | str | Path,
+    data: ExpressionData | ad.AnnData | str | Path,
     cfg: SelectConfig,
     ks: list[int],
     out: str | Path | None = None,

@@ -124,6 +124,10 @@ class SelectConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        for name in _SECTIONS:  # SelectConfig(train={"learning_rate": 1e-3}) builds the section
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, getattr(from_dict({name: value}), name))
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
