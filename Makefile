@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench configs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check genepanel tests benchmarks examples
 	$(BIN)/python -m pytest -q
+
+# configs/default.yaml is generated from genepanel/config.py (a test checks it is current).
+configs: $(STAMP)
+	$(BIN)/python -c "from genepanel.config import default_yaml; print(default_yaml(), end='')" > configs/default.yaml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_speed.py

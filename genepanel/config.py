@@ -320,3 +320,72 @@ def validate(cfg: SelectConfig) -> None:
     )
     _check(t.checkpoint_every >= 0, f"--checkpoint-every must be ≥ 0, got {t.checkpoint_every}")
     _check(t.restarts >= 1, f"--restarts must be ≥ 1, got {t.restarts}")
+
+
+# One line of help per option, rendered into configs/default.yaml by default_yaml();
+# tests/test_options.py fails when a field has no entry here or the file drifts.
+OPTION_HELP: dict[str, str] = {
+    "k": "panel size (number of genes)",
+    "seed": "split, initialisation, noise and row order",
+    "preprocess": "none | log1p | standardize | log1p+standardize",
+    "target_sum": "log1p: total per sample after scaling (null: median of training totals)",
+    "n_related": "related genes per node in groups.tsv",
+    "include": "genes the panel must hold (names, \"A,B\" or \"@file\")",
+    "exclude": "names or shell patterns (MT-*) the panel must not hold",
+    "candidates": "choose the panel from these genes only",
+    "labels": "obs column: train a supervised panel on these labels",
+    "label_weight": "with labels: loss = (1 - w) MSE + w cross-entropy",
+    "input.layer": ".h5ad: use this layer instead of X",
+    "input.gene_column": ".h5ad: var column with gene names (null: var_names)",
+    "input.dataset": "plain HDF5: path of the 2-D matrix",
+    "input.genes": "plain HDF5: gene names (dataset path in the file, or a text file)",
+    "input.genes_by_samples": "plain HDF5: matrix stored genes × samples",
+    "input.stream": "auto | yes | no: leave the matrix on disk, read minibatches from it",
+    "input.host_memory_budget_gb": "auto streams when the matrix would take more memory than this",
+    "split.train": "fraction of samples for training",
+    "split.val": "fraction for validation (history, choice among restarts)",
+    "split.test": "fraction held out for every reported error",
+    "split.column": "obs column with train/val/test per sample (overrides fractions)",
+    "model.decoder": "linear | mlp",
+    "model.hidden": "mlp: hidden layer sizes, e.g. [256, 128]",
+    "train.max_epochs": "epoch cap and E in T(e) = T0 (TB/T0)^(e/E); null: anneal_steps worth",
+    "train.anneal_steps": "annealing length in optimiser steps when max_epochs is null",
+    "train.batch_size": "null: min(256, max(16, n_train // 16))",
+    "train.learning_rate": "Adam step size",
+    "train.t0": "starting temperature",
+    "train.tb": "final temperature",
+    "train.stop_threshold": "stop when the mean over nodes of max softmax(alpha) exceeds this",
+    "train.collision_threshold": "a node past this probability sharing its gene is pushed away",
+    "train.retry_unconverged": "restart with doubled epochs when not converged",
+    "train.max_retries": "at most this many retries",
+    "train.device_memory_budget_gb": "keep the training matrix on the device when it fits this",
+    "train.checkpoint_every": "epochs between checkpoints (0: only on interruption)",
+    "train.restarts": "train from seeds seed, seed+1, ...; keep the lowest validation error",
+}
+
+
+def default_yaml() -> str:
+    """``configs/default.yaml``: every option of :class:`SelectConfig` at its default."""
+    lines = [
+        "# Every option of `genepanel select`, at its default. Generated from",
+        "# genepanel/config.py by `make configs`; configs/paper.yaml has the paper's settings.",
+        "# Copy this file, change what you need and pass it with --config; flags override it.",
+    ]
+    defaults = SelectConfig().to_dict()
+
+    def render(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix(
+            "\n...").removesuffix(" ...")
+
+    def emit(key: str, value: Any, indent: str, dotted: str) -> None:
+        text = f"{indent}{key}: {render(value)}"
+        lines.append(f"{text:<34}# {OPTION_HELP[dotted]}")
+
+    for key, value in defaults.items():
+        if key in _SECTIONS:
+            lines.append(f"{key}:")
+            for sub, subval in value.items():
+                emit(sub, subval, "  ", f"{key}.{sub}")
+        else:
+            emit(key, value, "", key)
+    return "\n".join(lines) + "\n"

@@ -152,3 +152,19 @@ def test_supervised_panel_predicts_labels(tmp_path):
     assert model.predict(xs).shape == (len(test), len(genes))
     with pytest.raises(Exception, match="state"):
         select_panel(ed, cfg.replace(labels="nope"), evaluate_baselines=False)
+
+
+def test_default_yaml_is_generated_from_the_dataclasses():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from genepanel.config import _SECTIONS, OPTION_HELP, SelectConfig, default_yaml, from_dict
+
+    fields = {f.name for f in dataclasses.fields(SelectConfig) if f.name not in _SECTIONS}
+    fields |= {f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
+    assert fields == set(OPTION_HELP), "every option needs one line of help in OPTION_HELP"
+    text = (Path(__file__).resolve().parents[1] / "configs" / "default.yaml").read_text()
+    assert text == default_yaml(), "configs/default.yaml drifted: run `make configs`"
+    assert from_dict(yaml.safe_load(text)) == SelectConfig()
