@@ -72,6 +72,13 @@ class FittedModel:
     pre: Preprocessor
     meta: dict[str, Any]
 
+    def __repr__(self) -> str:
+        shown = ", ".join(self.panel_genes[:5]) + (", …" if len(self.panel_genes) > 5 else "")
+        decoder = "linear" if not self.hidden else "mlp " + "-".join(map(str, self.hidden))
+        labels = f", {len(self.label_classes)} label classes" if self.label_classes else ""
+        return (f"FittedModel({len(self.panel_genes)} panel genes [{shown}] → "
+                f"{len(self.genes)} genes, decoder {decoder}, preprocess {self.pre.kind}{labels})")
+
     def predict(self, panel_values: np.ndarray, decoder: str = "trained") -> np.ndarray:
         """Reconstruct preprocessed ``[b, d]`` from preprocessed panel values ``[b, k]``."""
         if decoder == "linear":

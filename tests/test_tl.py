@@ -35,6 +35,7 @@ def test_tl_select_writes_var_and_uns(annotated, tmp_path):
     assert (pbmc.X != before).nnz == 0 and "genepanel" not in pbmc.var  # copy=True: untouched
     panel = list(out.var_names[out.var["genepanel"]])
     assert len(panel) == 12 and set(panel) == set(model.panel_genes)
+    assert len(repr(model)) < 200 and "12 panel genes" in repr(model)  # no weights printed
     nodes = out.var["genepanel_node"]
     assert sorted(nodes[out.var["genepanel"]]) == list(range(12))
     assert (nodes[~out.var["genepanel"]] == -1).all()
