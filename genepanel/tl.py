@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +29,34 @@ if TYPE_CHECKING:  # pragma: no cover
     from genepanel.io import ExpressionData
     from genepanel.saved import FittedModel
 
-__all__ = ["select"]
+__all__ = ["groups_frame", "select"]
+
+log = logging.getLogger("genepanel")
+
+
+class _NotebookProgress:
+    """One tqdm.auto bar over the epochs (a widget in Jupyter, text elsewhere)."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=None, unit="epoch", desc="genepanel", leave=False)
+
+    def __call__(self, rec: dict[str, float]) -> None:
+        if "epoch" not in rec:  # a restart or retry notice
+            log.info("genepanel: %s", ", ".join(f"{k} {v}" for k, v in rec.items()))
+            self.bar.reset()
+            return
+        total = int(rec.get("epochs") or 0) or None
+        if total != self.bar.total:
+            self.bar.total = total
+        self.bar.n = int(rec["epoch"]) + 1
+        self.bar.set_postfix(T=f"{rec['temperature']:.3g}", maxprob=f"{rec['mean_max_prob']:.3f}",
+                             refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def expression_from_anndata(adata: ad.AnnData, layer: str | None = None) -> ExpressionData:
@@ -121,6 +149,7 @@ def select(
     key_added: str = "genepanel",
     copy: bool = False,
     config: SelectConfig | None = None,
+    progress: bool = True,
     **options: Any,
 ) -> FittedModel | tuple[ad.AnnData, FittedModel]:
     """Select a panel of ``n_genes`` genes from ``adata`` and annotate it, like scanpy's tools.
@@ -139,6 +168,8 @@ def select(
         Annotate a copy and return ``(copy, model)``; otherwise annotate ``adata`` in place.
     config
         A :class:`~genepanel.config.SelectConfig` to start from (defaults otherwise).
+    progress
+        Show a progress bar over the epochs (``tqdm.auto``: a widget in a notebook).
     **options
         Any select option by name: ``preprocess="log1p"``, ``seed=1``,
         ``anneal_steps=40000``, ``train.learning_rate=1e-3`` (as a dict key).
@@ -165,7 +196,16 @@ def select(
 
     cfg = _config(n_genes, config, options)
     data = expression_from_anndata(adata, layer)
-    res = select_panel(data, cfg)
+    log.info("genepanel: selecting %d of %d genes from %d cells", cfg.k, adata.n_vars,
+             adata.n_obs)
+    bar = _NotebookProgress() if progress else None
+    try:
+        res = select_panel(data, cfg, on_epoch=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    log.info("genepanel: panel of %d genes, held-out linear refit MSE %.4g", cfg.k,
+             res.metrics["linear_refit_test_mse"])
     target = adata.copy() if copy else adata
     table = res.panel_table
     idx = table["gene_index"].to_numpy()
