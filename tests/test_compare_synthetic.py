@@ -1,0 +1,98 @@
+"""compare-landmarks on synthetic data with planted landmark genes (no ../shared/data needed).
+
+Planted structure (tests/conftest.py): a few driver genes, each followed by noisy genes.
+Some followers carry real L1000 landmark symbols, so the default reference (the bundled
+landmark table) maps onto them. A panel of the drivers must impute the genes in neither
+panel better than the landmark followers do.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from genepanel.api import select_panel
+from genepanel.cli import app
+from genepanel.compare import CompareConfig, compare_landmarks
+from genepanel.config import SelectConfig
+from genepanel.errors import DataError
+from genepanel.landmarks import load_landmarks
+from tests.conftest import planted
+
+N_DRIVERS = 5
+
+
+@pytest.fixture(scope="module")
+def planted_landmarks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cmp_syn")
+    x, genes, drivers, modules = planted(n=400, n_drivers=N_DRIVERS, followers=9, seed=3)
+    symbols = list(load_landmarks()["symbol"])
+    # two followers of every driver get landmark symbols: the planted "landmarks"
+    names, used, landmark_idx = list(genes), 0, []
+    for j in range(N_DRIVERS):
+        followers = [i for i in np.flatnonzero(modules == j) if genes[i] not in drivers][:2]
+        for i in followers:
+            names[i] = symbols[used]
+            used += 1
+            landmark_idx.append(int(i))
+    a = ad.AnnData(x)
+    a.var_names = names
+    path = tmp / "planted_landmarks.h5ad"
+    a.write_h5ad(path)
+    driver_idx = sorted(genes.index(g) for g in drivers)
+    return tmp, path, names, driver_idx, sorted(landmark_idx)
+
+
+def _panel_run(tmp, path, genes_wanted, name):
+    """A select run whose panel is forced to ``genes_wanted`` (via --candidates)."""
+    cfg = SelectConfig(k=len(genes_wanted), candidates=tuple(genes_wanted),
+                       train={"anneal_steps": 1500})
+    select_panel(path, cfg, tmp / name, evaluate_baselines=False)
+    return tmp / name
+
+
+def test_driver_panel_beats_planted_landmarks(planted_landmarks):
+    tmp, path, names, driver_idx, landmark_idx = planted_landmarks
+    run = _panel_run(tmp, path, [names[i] for i in driver_idx], "drivers")
+    cfg = CompareConfig(mlp_hidden=((16,),), trials=1, epochs=30, patience=5, batch_size=32,
+                        min_found=0.005, sweep=True, sweep_sizes=(3, 5), sweep_epochs=20)
+    res = compare_landmarks(path, run, tmp / "cmp", config=cfg)
+    assert res.mapping.n_found == len(landmark_idx)
+    assert sorted(res.mapping.indices) == landmark_idx
+    assert res.overlap["n"] == 0
+    lin = res.summary[res.summary["decoder"] == "linear"].set_index("panel")
+    # drivers: the noise of the imputed genes only; landmark followers add their own noise
+    cand, ref = lin.loc["candidate", "mse_neither_mean"], lin.loc["reference", "mse_neither_mean"]
+    assert cand < 0.85 * ref
+    assert set(res.summary["decoder"]) >= {"linear", "mlp[16]"}
+    assert list(res.sweep[res.sweep["panel"] == "cae_sweep"]["size"]) == [3, 5]
+    info = json.loads((tmp / "cmp" / "comparison.json").read_text())
+    assert info["n_genes_neither"] == len(names) - N_DRIVERS - len(landmark_idx)
+    for f in ("summary.tsv", "trials.tsv", "per_gene.tsv", "report.md", "sweep.tsv"):
+        assert (tmp / "cmp" / f).stat().st_size > 0, f
+    per_gene = pd.read_csv(tmp / "cmp" / "per_gene.tsv", sep="\t")
+    assert per_gene["in_reference"].sum() == len(landmark_idx)
+    assert "linear" in (tmp / "cmp" / "report.md").read_text()
+
+
+def test_too_few_landmarks_refused_and_cli_reference_file(planted_landmarks, tmp_path):
+    tmp, path, names, driver_idx, landmark_idx = planted_landmarks
+    run = tmp / "drivers"
+    if not run.exists():
+        run = _panel_run(tmp, path, [names[i] for i in driver_idx], "drivers")
+    with pytest.raises(DataError, match="L1000 landmarks"):
+        compare_landmarks(path, run, None, config=CompareConfig(trials=1, epochs=2))
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n".join(names[i] for i in landmark_idx) + "\n")
+    out = tmp_path / "cli_cmp"
+    r = CliRunner().invoke(app, ["compare-landmarks", str(path), "--panel", str(run),
+                                 "--reference", str(ref), "--out", str(out), "--trials", "1",
+                                 "--mlp", "8", "--epochs", "5", "-q"])
+    assert r.exit_code == 0, r.output
+    summary = pd.read_csv(out / "summary.tsv", sep="\t")
+    assert set(summary["panel"]) == {"candidate", "reference"}
