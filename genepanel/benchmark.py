@@ -29,7 +29,7 @@ import pandas as pd
 from genepanel.config import SelectConfig
 from genepanel.data import resolve_labels
 from genepanel.errors import DataError, UsageError
-from genepanel.io import ExpressionData, OutputDir, atomic_write, write_json
+from genepanel.io import ExpressionData, OutputDir, atomic_write, input_paths, write_json
 from genepanel.io import write_tsv as _write_tsv
 
 log = logging.getLogger("genepanel")
@@ -135,7 +135,10 @@ def run_benchmark(
         msg = f"--n-random must be ≥ 1, got {n_random}"
         raise UsageError(msg)
     t0 = time.perf_counter()
-    outdir = OutputDir(out, overwrite=overwrite) if out is not None else None
+    outdir = None
+    if out is not None:
+        outdir = OutputDir(out, overwrite=overwrite, command="benchmark",
+                           inputs=input_paths(data, cfg.input.genes))
     if outdir is not None:
         outdir.check()
     if not isinstance(data, ExpressionData):

@@ -32,7 +32,14 @@ import pandas as pd
 
 from genepanel.data import Preprocessor, Split, dense_rows, make_split
 from genepanel.errors import DataError, UsageError
-from genepanel.io import ExpressionData, OutputDir, read_matrix, write_json, write_tsv
+from genepanel.io import (
+    ExpressionData,
+    OutputDir,
+    input_paths,
+    read_matrix,
+    write_json,
+    write_tsv,
+)
 from genepanel.landmarks import ReferenceMatch, map_gene_list, map_landmarks, read_gene_list
 from genepanel.saved import FittedModel, load_model
 
@@ -397,7 +404,12 @@ def compare_landmarks(
     cfg = config or CompareConfig()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    outdir = OutputDir(out, overwrite=overwrite) if out is not None else None
+    outdir = None
+    if out is not None:
+        refs = reference if isinstance(reference, str | Path) else None
+        outdir = OutputDir(out, overwrite=overwrite, command="compare-landmarks",
+                           inputs=input_paths(data, panel if not isinstance(panel, FittedModel)
+                                              else None, refs))
     if outdir is not None:
         outdir.check()
     folder = None
