@@ -29,6 +29,7 @@ from genepanel.evaluate import (
 from genepanel.io import (
     ExpressionData,
     OutputDir,
+    counts_hint,
     input_identity,
     input_paths,
     matrix_bytes,
@@ -220,6 +221,9 @@ def select_panels(
     constraints = [
         resolve_constraints(data.genes, k, cfg.include, cfg.exclude, cfg.candidates) for k in ks
     ]
+    hint = counts_hint(data, cfg.preprocess) if is_main_process() else None
+    if hint:
+        log.warning(hint)
     prep = _prepare(data, cfg)
     prep.timings["load"] = load_s
 

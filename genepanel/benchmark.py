@@ -29,7 +29,14 @@ import pandas as pd
 from genepanel.config import SelectConfig
 from genepanel.data import resolve_labels
 from genepanel.errors import DataError, UsageError
-from genepanel.io import ExpressionData, OutputDir, atomic_write, input_paths, write_json
+from genepanel.io import (
+    ExpressionData,
+    OutputDir,
+    atomic_write,
+    counts_hint,
+    input_paths,
+    write_json,
+)
 from genepanel.io import write_tsv as _write_tsv
 
 log = logging.getLogger("genepanel")
@@ -150,6 +157,8 @@ def run_benchmark(
         msg = f"--k {cfg.k} must be smaller than the number of genes ({d}); choose k < {d}"
         raise UsageError(msg)
     y = resolve_labels(data, labels) if labels is not None else None
+    if hint := counts_hint(data, cfg.preprocess):
+        log.warning(hint)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     seconds: dict[str, float] = {}
     panels: dict[str, np.ndarray] = {}

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,10 @@ class BackedMatrix:
             if enc != "csr_matrix":
                 self._file.close()
                 msg = (
-                    f"{self.path}:{node} is stored as {enc or 'an unknown encoding'}; streaming "
-                    "reads rows, so it needs a dense or CSR matrix (adata.X = adata.X.tocsr(), "
-                    "then write again) or run without --stream"
+                    f"{self.path}:{node} is stored as {enc or 'an unknown encoding'}; reading "
+                    "it row by row needs a dense or CSR matrix: write it again after "
+                    "adata.X = adata.X.tocsr() (select and benchmark can also read it whole "
+                    "with --no-stream)"
                 )
                 raise DataError(msg)
             from anndata.io import sparse_dataset
@@ -265,6 +267,23 @@ def read_npz(path: str | Path) -> ExpressionData:
     except (OSError, ValueError) as exc:
         msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
         raise DataError(msg) from exc
+    try:
+        return _read_npz_arrays(z, path)
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise
+        msg = (
+            f"{path} holds an object array (e.g. feature_names saved from a pandas Index); "
+            "genepanel never unpickles input files: save names as strings, "
+            "np.savez(..., feature_names=np.asarray(names, dtype=str))"
+        )
+        raise DataError(msg) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
+        raise DataError(msg) from exc
+
+
+def _read_npz_arrays(z: Any, path: Path) -> ExpressionData:
     with z:
         if "X" not in z.files:
             msg = f"{path} has no array 'X' (arrays: {', '.join(z.files) or 'none'})"
@@ -288,6 +307,26 @@ def read_npz(path: str | Path) -> ExpressionData:
     data = ExpressionData(X=x.astype(np.float32), genes=genes, obs=obs, source=str(path))
     validate_matrix(data)
     return data
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """The text of a small input file (gene lists, names): UTF-8, a leading BOM dropped.
+
+    Raises
+    ------
+    DataError
+        When the file cannot be read or is not UTF-8 text (``what`` names it).
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        msg = (f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+               "(one gene per line)")
+        raise DataError(msg) from None
+    except OSError as exc:
+        msg = f"cannot read {what} {path}: {os.strerror(exc.errno) if exc.errno else exc}"
+        raise DataError(msg) from None
 
 
 def _read_elem(node: Any) -> Any:
@@ -414,7 +453,8 @@ def _read_hdf5(
         raw = np.asarray(f[genes][()]).ravel()
         names = [g.decode() if isinstance(g, bytes) else str(g) for g in raw]
     elif Path(genes).is_file():
-        names = [line.strip() for line in Path(genes).read_text().splitlines() if line.strip()]
+        text = read_text_file(genes, "--genes file")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         msg = f"--genes {genes!r} is neither a dataset in {path} nor a readable text file"
         raise DataError(msg)
@@ -428,6 +468,27 @@ def _read_hdf5(
     obs = pd.DataFrame(index=[f"s{i}" for i in range(X.shape[0])])
     where = f"{path}:{dataset}" + (" (streamed)" if stream else "")
     return ExpressionData(X=X, genes=names, obs=obs, source=where)
+
+
+def counts_hint(data: ExpressionData, preprocess: str) -> str | None:
+    """A warning line when the matrix looks like raw counts and ``preprocess`` has no log1p.
+
+    Raw counts (non-negative integers with a long tail) make a few highly expressed genes
+    dominate the squared error; ``log1p`` is the usual choice. Looks at up to 500 rows.
+    """
+    if "log1p" in preprocess:
+        return None
+    block = data.rows(np.arange(min(500, data.shape[0])))
+    values = np.asarray(block.data if sp.issparse(block) else block, np.float64).ravel()
+    if not len(values) or values.min() < 0 or values.max() <= 20:
+        return None
+    if not np.all(values == np.round(values)):
+        return None
+    return (
+        f"warning: {data.source} looks like raw counts (non-negative integers up to "
+        f"{values.max():.0f}) and --preprocess is {preprocess!r}; --preprocess log1p "
+        "(or log1p+standardize) usually gives a better panel"
+    )
 
 
 def validate_matrix(data: ExpressionData) -> None:
