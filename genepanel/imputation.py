@@ -608,18 +608,20 @@ def _check_out_file(path: Path, *, overwrite: bool) -> None:
 
 
 class _DiscardableFile(io.RawIOBase):
-    """A file for h5py's ``fileobj`` driver that can stop writing.
+    """A file for h5py's ``fileobj`` driver that never hands HDF5 a write error.
 
-    When a write fails (a full disk), HDF5 still flushes on close, fails again and
-    leaves a half-closed file that crashes the interpreter at exit. After
-    :meth:`discard` every operation succeeds without touching the disk, so the HDF5
-    file closes cleanly and the temporary file can be removed.
+    When HDF5 meets a failed write (a full disk) it fails again while closing and
+    leaves a half-closed file that crashes the interpreter at exit (SIGSEGV/SIGBUS).
+    Here the first failed write is kept in :attr:`error` and from then on every
+    operation succeeds without touching the disk, so the HDF5 file closes cleanly; the
+    caller checks :attr:`error` (:meth:`check`) and removes the temporary file.
     """
 
     def __init__(self, path: Path):
-        self._fh: Any = open(path, "w+b")  # closed by sync_close() or discard()
+        self._fh: Any = open(path, "w+b")  # closed by sync_close() or _stop()
         self._dead = False
         self._pos = 0
+        self.error: OSError | None = None
 
     def readable(self) -> bool:
         return True
@@ -630,49 +632,81 @@ class _DiscardableFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def _stop(self, exc: OSError | None = None) -> None:
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._dead = True
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
     def seek(self, offset: int, whence: int = 0) -> int:
-        if self._dead:
-            self._pos = offset
-            return offset
-        return self._fh.seek(offset, whence)
+        if not self._dead:
+            try:
+                return self._fh.seek(offset, whence)
+            except OSError as exc:
+                self._stop(exc)
+        self._pos = offset
+        return offset
 
     def tell(self) -> int:
         return self._pos if self._dead else self._fh.tell()
 
     def write(self, b: Any) -> int:
-        if self._dead:
-            return len(memoryview(b))
-        return self._fh.write(b)
+        n = len(memoryview(b))
+        if not self._dead:
+            try:
+                return self._fh.write(b)
+            except OSError as exc:
+                self._stop(exc)
+        return n
 
     def readinto(self, b: Any) -> int:
-        return 0 if self._dead else self._fh.readinto(b)
+        if not self._dead:
+            try:
+                return self._fh.readinto(b)
+            except OSError as exc:
+                self._stop(exc)
+        return 0
 
     def truncate(self, size: int | None = None) -> int:
-        return int(size or 0) if self._dead else self._fh.truncate(size)
+        if not self._dead:
+            try:
+                return self._fh.truncate(size)
+            except OSError as exc:
+                self._stop(exc)
+        return int(size or 0)
 
     def flush(self) -> None:
         if not self._dead:
-            self._fh.flush()
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._stop(exc)
+
+    def check(self) -> None:
+        """Raise the first write error, if any (call between batches)."""
+        if self.error is not None:
+            raise self.error
 
     def sync_close(self) -> None:
-        """Flush, fsync and close the real file (raises on failure)."""
+        """Flush, fsync and close the real file; raise the first error, if any."""
+        self.check()
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
 
     def discard(self) -> None:
         """Stop writing: every later operation is a no-op; the real file is closed."""
-        self._dead = True
-        with contextlib.suppress(OSError):
-            self._fh.close()
+        self._stop()
 
 
 @contextlib.contextmanager
-def _atomic_h5(path: Path) -> Iterator[h5py.File]:
+def _atomic_h5(path: Path) -> Iterator[tuple[h5py.File, _DiscardableFile]]:
     """An HDF5 file written beside ``path`` and moved onto it only when complete.
 
-    A failed write (a full disk, a read-only folder) raises :class:`DataError` with
-    one line and leaves neither ``path`` changed nor a temporary file behind.
+    Yields the file and its sink (call ``sink.check()`` between batches to stop early
+    on a full disk). A failed write raises :class:`DataError` with one line and leaves
+    neither ``path`` changed nor a temporary file behind.
     """
     tmp = None
     sink = None
@@ -683,7 +717,7 @@ def _atomic_h5(path: Path) -> Iterator[h5py.File]:
         os.close(fd)
         sink = _DiscardableFile(Path(tmp))
         f = h5py.File(sink, "w")
-        yield f
+        yield f, sink
         f.close()
         sink.sync_close()
         os.replace(tmp, path)
@@ -755,7 +789,7 @@ def impute_file(
         prov = _provenance(model, rows, plan, decoder=decoder, keep_measured=keep_measured,
                            original_scale=original_scale)
         ev = None
-        with _atomic_h5(out) as f:
+        with _atomic_h5(out) as (f, sink):
             f.attrs["encoding-type"] = "anndata"
             f.attrs["encoding-version"] = "0.1.0"
             chunk_rows = int(max(1, min(n, bs, 2**20 // (4 * d) or 1)))
@@ -769,6 +803,7 @@ def impute_file(
                                              original_scale=original_scale, sums=sums):
                 X[start : start + len(pred)] = pred
                 panel_sse += sse
+                sink.check()
             if sums is not None:
                 ev = _evaluation(model, plan, sums,
                                  panel_sse if plan.model_cols is not None else None, n)

@@ -263,12 +263,17 @@ def read_npz(path: str | Path) -> ExpressionData:
         msg = f"input file {path} not found; check the path"
         raise DataError(msg)
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
-        raise DataError(msg) from exc
-    try:
-        return _read_npz_arrays(z, path)
+        # an open file handle of our own: np.load leaks its own on a damaged zip
+        with open(path, "rb") as fh:
+            try:
+                z = np.load(fh, allow_pickle=False)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
+                raise DataError(msg) from exc
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                msg = f"{path} holds a single array, not an .npz archive with X"
+                raise DataError(msg)
+            return _read_npz_arrays(z, path)
     except ValueError as exc:
         if "pickle" not in str(exc):
             raise

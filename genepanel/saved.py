@@ -216,7 +216,8 @@ def _load_npz(folder: Path, name: str, need: tuple[str, ...] = ()) -> dict[str, 
     """Every array of ``folder/name`` (numeric arrays only, never pickled objects)."""
     path = folder / name
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # an open file handle of our own: np.load leaks its own on a damaged zip
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         msg = (f"{path} is damaged or not written by genepanel ({exc.__class__.__name__}); "

@@ -17,7 +17,6 @@ from genepanel.cli import app
 from genepanel.compare import CompareConfig, compare_landmarks, pearson_per_gene
 from genepanel.config import SelectConfig, from_dict
 from genepanel.errors import DataError
-from genepanel.evaluate import fit_linear
 from genepanel.landmarks import (
     load_landmarks,
     map_gene_list,
