@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -589,3 +590,100 @@ def test_impute_reads_npz(setup, tmp_path):
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "o.h5ad") as f:
         assert f["X"].shape == a.shape
+
+
+# --------------------------------------------------------------------------- README's Errors
+
+
+def _inputs(tmp: Path, data: Path) -> dict[str, Path]:
+    """Broken inputs named in the README's Errors section."""
+    a = ad.read_h5ad(data)
+    files = {"missing": tmp / "none.h5ad", "folder": tmp / "dir.h5ad",
+             "not_hdf5": tmp / "text.h5ad", "nan": tmp / "nan.h5ad", "dups": tmp / "dups.h5ad",
+             "empty_name": tmp / "empty.h5ad", "bad_npz": tmp / "bad.npz"}
+    files["folder"].mkdir()
+    files["not_hdf5"].write_text("gene\tvalue\n")
+    b = a.copy()
+    b.X[3, 4] = np.nan
+    b.write_h5ad(files["nan"])
+    c = a.copy()
+    c.var_names = ["g"] * 2 + list(a.var_names[2:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c.write_h5ad(files["dups"])
+    e = a.copy()
+    e.var["name"] = ["", *a.var_names[1:]]
+    e.write_h5ad(files["empty_name"])
+    files["bad_npz"].write_bytes(b"not a zip")
+    return files
+
+
+README_DATA_ERRORS = [
+    ("missing", "not found"), ("folder", "is a folder"), ("not_hdf5", "cannot read"),
+    ("nan", "NaN or infinite"), ("dups", "duplicate gene name"),
+    ("empty_name", "empty gene name"), ("bad_npz", "cannot read"),
+]
+
+
+def test_readme_errors_bad_data_every_command(setup, tmp_path):
+    _, data, run, ref = setup
+    files = _inputs(tmp_path, data)
+    for key, pattern in README_DATA_ERRORS:
+        path = files[key]
+        extra = ["--gene-column", "name"] if key == "empty_name" else []
+        for args in (
+            ["select", path, "--k", 3, "--out", tmp_path / "o", *FAST, *extra],
+            ["benchmark", path, "--k", 3, "--out", tmp_path / "o", "-q", "--methods",
+             "random", *extra],
+            ["impute", path, "--model", run, "--out", tmp_path / "o.h5ad", *extra],
+        ):
+            _one_line(_run(*args), 1, pattern)
+        if key in ("missing", "folder", "not_hdf5", "nan"):
+            _one_line(_run("compare-landmarks", path, "--panel", run, "--reference", ref,
+                           "--out", tmp_path / "c", *CMP_FAST), 1, pattern)
+    assert not any(p.name in ("o", "o.h5ad", "c") for p in tmp_path.iterdir())
+
+
+def test_readme_errors_bad_options_every_command(setup, tmp_path):
+    _, data, run, ref = setup
+    out = tmp_path / "o"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 3\n")
+    tag = tmp_path / "t.yaml"
+    tag.write_text("k: !!python/object/apply:os.system ['echo hi']\n")
+    cases = [
+        (["select", data, "--k", 0, "--out", out], 2, "--k must be"),
+        (["select", data, "--k", 500, "--out", out], 2, "smaller than the number"),
+        (["select", data, "--k", 3, "--batch-size", 0, "--out", out], 2, "--batch-size"),
+        (["select", data, "--k", 3, "--config", cfg, "--out", out], 2, "unknown config key"),
+        (["select", data, "--k", 3, "--config", tag, "--out", out], 2, "config file"),
+        (["select", data, "--k", 3, "--labels", "nope", "--out", out], 1, "nope"),
+        (["select", data, "--k", 3, "--layer", "x", "--out", out], 1, "no layer 'x'"),
+        (["select", data, "--k", 3, "--out", out, "--resume"], 2, "no interrupted run"),
+        (["benchmark", data, "--k", 3, "--methods", "magic", "--out", out], 2, "magic"),
+        (["benchmark", data, "--k", 3, "--n-random", 0, "--out", out], 2, "--n-random"),
+        (["benchmark", data, "--k", 500, "--out", out], 2, "smaller than the number"),
+        (["impute", data, "--model", run, "--out", tmp_path / "o.txt"], 2, "must end in .h5ad"),
+        (["impute", data, "--model", run, "--out", data], 2, "is the input"),
+        (["impute", data, "--model", tmp_path / "nope", "--out", tmp_path / "o.h5ad"], 1,
+         "model folder"),
+        (["impute", data, "--model", run, "--out", tmp_path / "o.h5ad", "--decoder", "cubic"],
+         2, "--decoder"),
+        (["compare-landmarks", data, "--panel", tmp_path / "nope", "--out", out], 1,
+         "model folder"),
+        (["compare-landmarks", data, "--panel", run, "--reference", ref, "--out", out,
+          "--trials", 0], 2, "--trials"),
+        (["compare-landmarks", data, "--panel", run, "--out", out], 1, "L1000 landmarks"),
+    ]
+    for args, code, pattern in cases:
+        _one_line(_run(*args), code, pattern)
+    assert not out.exists() and not (tmp_path / "o.partial").exists()
+    # missing panel genes: listed, nothing written
+    a = ad.read_h5ad(data)
+    panel = json.loads((run / "model.json").read_text())["panel_genes"]
+    a[:, [g for g in a.var_names if g != panel[0]]].copy().write_h5ad(tmp_path / "m.h5ad")
+    _one_line(_run("impute", tmp_path / "m.h5ad", "--model", run, "--out",
+                   tmp_path / "o.h5ad"), 1, "missing", panel[0])
+    # data lacking the run's genes
+    _one_line(_run("compare-landmarks", tmp_path / "m.h5ad", "--panel", run, "--reference",
+                   ref, "--out", out, *CMP_FAST), 1, "lacks 1 of the 50 genes")
