@@ -211,7 +211,7 @@ def select_panels(
         outdir = OutputDir(out, overwrite=overwrite, resume=resume, inputs=inputs,
                            command="select")
     if outdir is not None:
-        outdir.check()
+        outdir.check(staging=is_main_process())
     src = None if isinstance(data, ExpressionData) else data
     if src is not None:
         data = load_input(src, cfg)

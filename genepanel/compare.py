@@ -3,9 +3,12 @@
 Both panels are scored on the same rows with the same preprocessing as the panel's
 ``genepanel select`` run (its stored config, seed and split rule, and its fitted
 preprocessing statistics). For each panel every decoder class is fitted from scratch on
-the training rows: the closed-form unregularised linear regression, and MLPs (Dense +
-LeakyReLU(0.2), Adam, early stopping on the validation rows) over several seeds. The
-held-out test rows give the metrics:
+the training rows: the closed-form unregularised linear regression (ridge with the
+penalty chosen on the validation rows where the panel has at least as many genes, plus
+intercept, as there are training rows: least squares would interpolate them; see
+:func:`genepanel.evaluate.guarded_linear_fit`), and MLPs (Dense + LeakyReLU(0.2), Adam,
+early stopping on the validation rows) over several seeds. The held-out test rows give
+the metrics:
 
 - ``mse_all``: mean squared error over every gene (the paper's metric; a panel's own
   genes count too, which favours the larger panel);
@@ -15,7 +18,8 @@ held-out test rows give the metrics:
 
 With ``sweep`` concrete-autoencoder panels of several sizes are trained (the paper's
 Fig. 6b) and the smallest whose linear-decoder ``mse_all`` reaches the reference's is
-reported.
+reported, counting only panels whose selector converged and whose linear fit is
+unregularised (:func:`sweep_match`).
 """
 
 from __future__ import annotations

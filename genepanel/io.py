@@ -743,8 +743,12 @@ class OutputDir:
                            "modified: choose a new folder for --out")
                     raise UsageError(msg)
 
-    def check(self) -> None:
-        """Refuse unsafe or busy destinations before any work (one line, exit code 2)."""
+    def check(self, *, staging: bool = True) -> None:
+        """Refuse unsafe or busy destinations before any work (one line, exit code 2).
+
+        ``staging=False`` skips the checks of ``<out>.partial`` (for the processes of a
+        multi-process run other than the one that writes: it may already be working there).
+        """
         self._check_inputs()
         if self.final.exists() or self.final.is_symlink():
             if not self.overwrite:
@@ -761,6 +765,8 @@ class OutputDir:
                     "away or choose another --out"
                 )
                 raise UsageError(msg)
+        if not staging:
+            return
         if self.staging.exists():
             busy = self._holder()
             if busy is not None:
