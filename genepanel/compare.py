@@ -721,11 +721,15 @@ def sweep_match(df: pd.DataFrame) -> dict[str, Any]:
         text = (f"sweep: a converged CAE panel of {k} genes matches the reference's linear "
                 f"test MSE ({hit['mse_all_linear'].iloc[0]:.4g} ≤ {ref_mse:.4g}, reference "
                 f"{n_ref} genes{ref_note}){not_counted}")
+    elif ok.any():
+        k = None
+        sizes = ", ".join(map(str, cae.loc[ok, "size"]))
+        text = (f"sweep: no converged swept panel (sizes {sizes}) reached the reference's "
+                f"linear test MSE {ref_mse:.4g}{ref_note}{not_counted}")
     else:
         k = None
-        sizes = ", ".join(map(str, cae.loc[ok, "size"])) or "none"
-        text = (f"sweep: no converged swept panel (of sizes {sizes}) reached the reference's "
-                f"linear test MSE {ref_mse:.4g}{ref_note}{not_counted}")
+        text = (f"sweep: no swept panel can be compared with the reference's linear test MSE "
+                f"{ref_mse:.4g}{ref_note}: {'; '.join(skipped)}")
     return {"smallest_matching_size": k, "reference_mse_all_linear": ref_mse,
             "excluded": skipped, "text": text}
 

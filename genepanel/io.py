@@ -851,7 +851,15 @@ class OutputDir:
         return self.staging
 
     def commit(self) -> Path:
-        """Move the staging folder into place (replacing ``out`` with ``--overwrite``)."""
+        """Move the staging folder into place (replacing ``out`` with ``--overwrite``).
+
+        SIGTERM and SIGINT wait until the folder is in place, so that an old ``out`` is
+        never left moved aside.
+        """
+        import signal
+
+        held = {signal.SIGTERM, signal.SIGINT}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             ckpt = self.staging / "checkpoints"
             if ckpt.exists():
@@ -871,6 +879,7 @@ class OutputDir:
             raise write_error(self.final, exc) from exc
         finally:
             self.release()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return self.shown
 
     def release(self) -> None:

@@ -71,6 +71,10 @@ def test_sweep_never_claims_a_match_from_unconverged_or_interpolating_panels():
     df.loc[2, "mse_all_linear"] = 0.45
     m = sweep_match(df)
     assert m["smallest_matching_size"] == 25 and "matches" in m["text"]
+    df.loc[2, "converged"] = False  # nothing left to compare: said so, no claim
+    m = sweep_match(df)
+    assert m["smallest_matching_size"] is None and "matches" not in m["text"]
+    assert "no swept panel can be compared" in m["text"] and "25, 50 genes" in m["text"]
 
 
 def test_sweep_plot_uses_a_log_axis(tmp_path, monkeypatch):
