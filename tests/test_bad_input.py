@@ -411,12 +411,13 @@ def _broken_model(run: Path, tmp: Path, name: str, how: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", ["decoder.npz", "linear.npz", "preprocess.npz"])
-@pytest.mark.parametrize("how", ["garbage", "object", "shape"])
+@pytest.mark.parametrize(("name", "how"), [
+    (name, how) for name in ("decoder.npz", "linear.npz", "preprocess.npz")
+    for how in ("garbage", "object", "shape")
+    if (name, how) != ("preprocess.npz", "shape")  # a 'none' model stores no per-gene arrays
+])
 def test_damaged_model_files_are_one_line(setup, tmp_path, name, how):
     _, data, run, ref = setup
-    if name == "preprocess.npz" and how == "shape":
-        pytest.skip("preprocess.npz of a 'none' model holds no per-gene arrays")
     folder = _broken_model(run, tmp_path, name, how)
     line = _one_line(_run("impute", data, "--model", folder, "--out", tmp_path / "o.h5ad"), 1,
                      name)
