@@ -29,6 +29,9 @@ from genepanel.evaluate import (
 from genepanel.io import (
     ExpressionData,
     OutputDir,
+    counts_hint,
+    input_identity,
+    input_paths,
     matrix_bytes,
     read_matrix,
     write_json,
@@ -211,17 +214,25 @@ def select_panels(
     ks = list(dict.fromkeys(int(k) for k in ks))
     for k in ks:
         cfg.replace(k=k)  # validates every size before any work
-    outdir = OutputDir(out, overwrite=overwrite, resume=resume) if out is not None else None
+    outdir = None
+    if out is not None:
+        inputs = input_paths(data, cfg.input.genes, cfg.include, cfg.exclude, cfg.candidates)
+        outdir = OutputDir(out, overwrite=overwrite, resume=resume, inputs=inputs,
+                           command="select")
     if outdir is not None:
-        outdir.check()
-    if not isinstance(data, ExpressionData):
-        data = load_input(data, cfg)
+        outdir.check(staging=is_main_process())
+    src = None if isinstance(data, ExpressionData) else data
+    if src is not None:
+        data = load_input(src, cfg)
     load_s = time.perf_counter() - t0
     for k in ks:
         _check_k(k, data.shape[1])
     constraints = [
         resolve_constraints(data.genes, k, cfg.include, cfg.exclude, cfg.candidates) for k in ks
     ]
+    hint = counts_hint(data, cfg.preprocess) if is_main_process() else None
+    if hint:
+        log.warning(hint)
     prep = _prepare(data, cfg)
     prep.timings["load"] = load_s
 
@@ -231,7 +242,7 @@ def select_panels(
         # Only process 0 writes; the others train alongside it and write nothing.
         staging = outdir.prepare() if main else outdir.staging
         if main:
-            _check_resume_config(staging, cfg, ks, resume)
+            _check_resume_config(staging, cfg, ks, resume, input_identity(data, src))
     results = []
     for k, con in zip(ks, constraints, strict=True):
         folder = None if staging is None else (staging if len(ks) == 1 else staging / f"k{k}")
@@ -461,14 +472,30 @@ def panel_stability(
 
 
 def _check_resume_config(
-    staging: Path, cfg: SelectConfig, ks: list[int], resume: bool  # noqa: FBT001
+    staging: Path, cfg: SelectConfig, ks: list[int], resume: bool,  # noqa: FBT001
+    identity: dict[str, Any] | None = None,
 ) -> None:
     import json
+
+    import flax.serialization
 
     path = staging / "checkpoints" / "config.json"
     want = {**cfg.to_dict(), "panel_sizes": ks}
     if resume and path.exists():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            msg = (f"--resume: {path} is damaged ({exc.__class__.__name__}); start again "
+                   "with --overwrite")
+            raise DataError(msg) from exc
+        before = saved.pop("input_identity", None) if isinstance(saved, dict) else None
+        if identity is not None and before is not None and not _same_input(before, identity):
+            msg = (
+                f"--resume: the input differs from the interrupted run's "
+                f"({_describe_input(before)} then, {_describe_input(identity)} now); resume "
+                "with the same input or start again with --overwrite"
+            )
+            raise UsageError(msg)
         if saved != want:
             changed = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
             msg = (
@@ -476,8 +503,30 @@ def _check_resume_config(
                 "resume with the same options or start again with --overwrite"
             )
             raise UsageError(msg)
+        for ckpt in sorted(path.parent.glob("*.msgpack")):
+            try:
+                payload = flax.serialization.msgpack_restore(ckpt.read_bytes())
+                ok = isinstance(payload, dict) and {"state", "meta"} <= set(payload)
+            except Exception:  # any decoding failure means a damaged file
+                ok = False
+            if not ok:
+                msg = (f"--resume: the checkpoint {ckpt} is damaged (not a genepanel "
+                       "checkpoint); start again with --overwrite")
+                raise DataError(msg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, want)
+    write_json(path, {**want, "input_identity": identity} if identity is not None else want)
+
+
+def _same_input(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    keys = ("shape", "genes_sha256", "size", "head_tail_sha256")
+    return all(before.get(k) == now.get(k) for k in keys)
+
+
+def _describe_input(ident: dict[str, Any]) -> str:
+    where = Path(ident["path"]).name if ident.get("path") else "data in memory"
+    shape = " × ".join(map(str, ident.get("shape", [])))
+    size = f", {ident['size']} bytes" if "size" in ident else ""
+    return f"{where}: {shape}{size}"
 
 
 def _run_record(

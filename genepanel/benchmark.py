@@ -29,7 +29,14 @@ import pandas as pd
 from genepanel.config import SelectConfig
 from genepanel.data import resolve_labels
 from genepanel.errors import DataError, UsageError
-from genepanel.io import ExpressionData, OutputDir, atomic_write, write_json
+from genepanel.io import (
+    ExpressionData,
+    OutputDir,
+    atomic_write,
+    counts_hint,
+    input_paths,
+    write_json,
+)
 from genepanel.io import write_tsv as _write_tsv
 
 log = logging.getLogger("genepanel")
@@ -135,7 +142,10 @@ def run_benchmark(
         msg = f"--n-random must be ≥ 1, got {n_random}"
         raise UsageError(msg)
     t0 = time.perf_counter()
-    outdir = OutputDir(out, overwrite=overwrite) if out is not None else None
+    outdir = None
+    if out is not None:
+        outdir = OutputDir(out, overwrite=overwrite, command="benchmark",
+                           inputs=input_paths(data, cfg.input.genes))
     if outdir is not None:
         outdir.check()
     if not isinstance(data, ExpressionData):
@@ -147,6 +157,8 @@ def run_benchmark(
         msg = f"--k {cfg.k} must be smaller than the number of genes ({d}); choose k < {d}"
         raise UsageError(msg)
     y = resolve_labels(data, labels) if labels is not None else None
+    if hint := counts_hint(data, cfg.preprocess):
+        log.warning(hint)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     seconds: dict[str, float] = {}
     panels: dict[str, np.ndarray] = {}

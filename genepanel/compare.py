@@ -3,9 +3,12 @@
 Both panels are scored on the same rows with the same preprocessing as the panel's
 ``genepanel select`` run (its stored config, seed and split rule, and its fitted
 preprocessing statistics). For each panel every decoder class is fitted from scratch on
-the training rows: the closed-form unregularised linear regression, and MLPs (Dense +
-LeakyReLU(0.2), Adam, early stopping on the validation rows) over several seeds. The
-held-out test rows give the metrics:
+the training rows: the closed-form unregularised linear regression (ridge with the
+penalty chosen on the validation rows where the panel has at least as many genes, plus
+intercept, as there are training rows: least squares would interpolate them; see
+:func:`genepanel.evaluate.guarded_linear_fit`), and MLPs (Dense + LeakyReLU(0.2), Adam,
+early stopping on the validation rows) over several seeds. The held-out test rows give
+the metrics:
 
 - ``mse_all``: mean squared error over every gene (the paper's metric; a panel's own
   genes count too, which favours the larger panel);
@@ -15,7 +18,8 @@ held-out test rows give the metrics:
 
 With ``sweep`` concrete-autoencoder panels of several sizes are trained (the paper's
 Fig. 6b) and the smallest whose linear-decoder ``mse_all`` reaches the reference's is
-reported.
+reported, counting only panels whose selector converged and whose linear fit is
+unregularised (:func:`sweep_match`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ import pandas as pd
 
 from genepanel.data import Preprocessor, Split, dense_rows, make_split
 from genepanel.errors import DataError, UsageError
-from genepanel.io import ExpressionData, OutputDir, read_matrix, write_json, write_tsv
+from genepanel.io import (
+    ExpressionData,
+    OutputDir,
+    input_paths,
+    read_matrix,
+    write_json,
+    write_tsv,
+)
 from genepanel.landmarks import ReferenceMatch, map_gene_list, map_landmarks, read_gene_list
 from genepanel.saved import FittedModel, load_model
 
@@ -329,10 +340,17 @@ class CompareResult:
         for dec in self.summary["decoder"].unique():
             rows = self.summary[self.summary["decoder"] == dec].set_index("panel")
             c, r = rows.loc["candidate"], rows.loc["reference"]
+            if "refused" in (c["fit"], r["fit"]):
+                who = [p for p in PANELS if rows.loc[p, "fit"] == "refused"]
+                lines.append(f"{dec}: not reported for the {' and '.join(who)} panel (at least "
+                             "as many genes as training rows, and no validation rows)")
+                continue
+            note = "".join(f"; {p}: ridge (more genes than training rows)"
+                           for p in PANELS if rows.loc[p, "fit"] == "ridge")
             lines.append(
                 f"{dec}: test MSE on genes in neither panel {c['mse_neither_mean']:.4g} "
                 f"(candidate) vs {r['mse_neither_mean']:.4g} (reference), "
-                f"ratio {c['mse_neither_mean'] / r['mse_neither_mean']:.3f}"
+                f"ratio {c['mse_neither_mean'] / r['mse_neither_mean']:.3f}{note}"
             )
         if self.sweep is not None and i.get("sweep_match") is not None:
             lines.append(i["sweep_match"]["text"])
@@ -390,7 +408,12 @@ def compare_landmarks(
     cfg = config or CompareConfig()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    outdir = OutputDir(out, overwrite=overwrite) if out is not None else None
+    outdir = None
+    if out is not None:
+        refs = reference if isinstance(reference, str | Path) else None
+        outdir = OutputDir(out, overwrite=overwrite, command="compare-landmarks",
+                           inputs=input_paths(data, panel if not isinstance(panel, FittedModel)
+                                              else None, refs))
     if outdir is not None:
         outdir.check()
     folder = None
@@ -497,8 +520,8 @@ def compare_landmarks(
     sweep_df = None
     if cfg.sweep:
         t = time.perf_counter()
-        sweep_df, match = _sweep(data, pre, split, sel_cfg, cfg, ref, cand, summary, test,
-                                 progress=progress)
+        sweep_df, match = _sweep(data, split, sel_cfg, cfg, ref, cand, summary,
+                                 (train, val, test), progress=progress)
         info["sweep_match"] = match
         timings["sweep"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
@@ -526,19 +549,27 @@ def _fit_all(
     *,
     progress: bool,
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
-    from genepanel.evaluate import fit_linear
+    from genepanel.evaluate import guarded_linear_fit
 
     records: list[dict[str, Any]] = []
     corr: dict[tuple[str, str], np.ndarray] = {}
-    fits = fit_linear(data, pre, split.train, panels)
     for pname, idx in panels.items():
-        s = _scores(test, fits[pname].predict(test[:, idx]), neither)
+        fit, how = guarded_linear_fit(train, val, idx)
+        if fit is None:
+            s = {**dict.fromkeys(_METRICS, float("nan")),
+                 "_pearson": np.full(int(neither.sum()), np.nan)}
+            log.warning("linear %s: not fitted (%s and no validation rows to choose a ridge "
+                        "penalty)", pname, how["reason"])
+        else:
+            s = _scores(test, fit.predict(test[:, idx]), neither)
         corr[(pname, "linear")] = s.pop("_pearson")
         records.append({"panel": pname, "decoder": "linear", "trial": 0, "panel_size": len(idx),
-                        **s, "epochs_run": 0, "best_epoch": 0})
-        if progress:
-            log.info("linear  %-9s test MSE all %.4g, neither %.4g", pname, s["mse_all"],
-                     s["mse_neither"])
+                        **s, "epochs_run": 0, "best_epoch": 0, "linear_fit": how["fit"],
+                        "ridge_alpha": how.get("alpha", float("nan")),
+                        "ridge_lambda": how.get("ridge_lambda", float("nan"))})
+        if progress and fit is not None:
+            log.info("linear  %-9s test MSE all %.4g, neither %.4g (%s)", pname, s["mse_all"],
+                     s["mse_neither"], _fit_label(how))
     for hidden in cfg.mlp_hidden:
         dec = decoder_name(hidden)
         for pname, idx in panels.items():
@@ -566,6 +597,16 @@ def _fit_all(
     return records, corr
 
 
+def _fit_label(how: dict[str, Any]) -> str:
+    """``ols`` / ``ridge α=… (k genes + intercept ≥ n training rows)`` / ``refused (…)``."""
+    if how["fit"] == "ridge":
+        return (f"ridge α={how['alpha']:.3g} chosen on {how['val_rows']} validation rows: "
+                f"{how['reason']}")
+    if how["fit"] == "refused":
+        return f"refused: {how['reason']}"
+    return "unregularised least squares"
+
+
 _METRICS = ("mse_all", "mse_neither", "pearson_mean_neither", "pearson_median_neither")
 
 
@@ -578,6 +619,8 @@ def _summarise(trials: pd.DataFrame) -> pd.DataFrame:
             row: dict[str, Any] = {"decoder": dec, "panel": pname,
                                    "panel_size": int(t["panel_size"].iloc[0]),
                                    "n_trials": len(t)}
+            fit = t["linear_fit"].iloc[0] if "linear_fit" in t else None
+            row["fit"] = fit if isinstance(fit, str) else "trained"
             for m in _METRICS:
                 row[f"{m}_mean"] = float(t[m].mean())
                 row[f"{m}_sd"] = float(t[m].std(ddof=1)) if len(t) > 1 else 0.0
@@ -595,20 +638,19 @@ def _default_sweep_sizes(n_ref: int, n_genes: int) -> tuple[int, ...]:
 
 def _sweep(
     data: ExpressionData,
-    pre: Preprocessor,
     split: Split,
     sel_cfg: Any,
     cfg: CompareConfig,
     ref: np.ndarray,
     cand: np.ndarray,
     summary: pd.DataFrame,
-    test: np.ndarray,
+    rows_: tuple[np.ndarray, np.ndarray | None, np.ndarray],
     *,
     progress: bool,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """CAE panels of several sizes; linear-decoder test MSE over all genes for each."""
     from genepanel.api import select_panel
-    from genepanel.evaluate import fit_linear
+    from genepanel.evaluate import guarded_linear_fit
 
     d = data.shape[1]
     sizes = cfg.sweep_sizes or _default_sweep_sizes(len(ref), d)
@@ -619,39 +661,77 @@ def _sweep(
     changes: dict[str, Any] = {}
     if cfg.sweep_epochs is not None:
         changes["train.max_epochs"] = cfg.sweep_epochs
+    train, val, test = rows_
     rows = []
     for k in sizes:
         t = time.perf_counter()
         res = select_panel(data, sel_cfg.replace(k=int(k), **changes), None,
                            evaluate_baselines=False)
         idx = np.sort(res.panel.indices)
-        fit = fit_linear(data, pre, split.train, {"p": idx})["p"]
-        mse = float(np.mean(np.square(fit.predict(test[:, idx]) - test)))
+        fit, how = guarded_linear_fit(train, val, idx)
+        mse = (float(np.mean(np.square(fit.predict(test[:, idx]) - test)))
+               if fit is not None else float("nan"))
         rows.append({"panel": "cae_sweep", "size": int(k), "mse_all_linear": mse,
-                     "converged": bool(res.fit.converged), "epochs_run": res.fit.epochs_run,
+                     "linear_fit": how["fit"], "converged": bool(res.fit.converged),
+                     "epochs_run": res.fit.epochs_run,
                      "overlap_with_reference": int(np.intersect1d(idx, ref).size),
                      "seconds": time.perf_counter() - t})
         if progress:
-            log.info("sweep: CAE panel of %d genes: linear test MSE %.4g", k, mse)
+            state = "converged" if res.fit.converged else "NOT converged"
+            log.info("sweep: CAE panel of %d genes (%s): linear test MSE %.4g (%s)", k, state,
+                     mse, _fit_label(how))
     lin = summary[summary["decoder"] == "linear"].set_index("panel")
-    rows.append({"panel": "candidate", "size": len(cand),
-                 "mse_all_linear": float(lin.loc["candidate", "mse_all_mean"])})
-    rows.append({"panel": "reference", "size": len(ref),
-                 "mse_all_linear": float(lin.loc["reference", "mse_all_mean"])})
+    for pname, size in (("candidate", len(cand)), ("reference", len(ref))):
+        rows.append({"panel": pname, "size": size,
+                     "mse_all_linear": float(lin.loc[pname, "mse_all_mean"]),
+                     "linear_fit": lin.loc[pname, "fit"]})
     df = pd.DataFrame(rows)
-    ref_mse = float(lin.loc["reference", "mse_all_mean"])
+    return df, sweep_match(df)
+
+
+def sweep_match(df: pd.DataFrame) -> dict[str, Any]:
+    """The smallest swept CAE panel whose linear test MSE reaches the reference's.
+
+    Only panels whose selector converged and whose refit is unregularised least squares
+    with fewer genes than training rows count: an unconverged panel is not the method's
+    panel, and a panel with as many genes as training rows is fitted with ridge (or not
+    at all), which says nothing about it as a panel. Those rows are named, never claimed.
+    """
+    r = df[df["panel"] == "reference"].iloc[0]
+    ref_mse, n_ref = float(r["mse_all_linear"]), int(r["size"])
     cae = df[df["panel"] == "cae_sweep"].sort_values("size")
-    hit = cae[cae["mse_all_linear"] <= ref_mse]
+    ok = cae["converged"].astype(bool) & (cae["linear_fit"] == "ols")
+    skipped = []
+    bad_fit = cae[cae["linear_fit"] != "ols"]["size"].tolist()
+    if bad_fit:
+        skipped.append(f"{', '.join(map(str, bad_fit))} genes: at least as many genes as "
+                       "training rows (linear fit regularised or refused)")
+    unconv = cae[~cae["converged"].astype(bool) & (cae["linear_fit"] == "ols")]["size"].tolist()
+    if unconv:
+        skipped.append(f"{', '.join(map(str, unconv))} genes: selector not converged")
+    not_counted = f" (not counted: {'; '.join(skipped)})" if skipped else ""
+    ref_note = (" (reference fitted with ridge)" if r["linear_fit"] == "ridge" else "")
+    if not np.isfinite(ref_mse):
+        return {"smallest_matching_size": None, "reference_mse_all_linear": None,
+                "excluded": skipped,
+                "text": "sweep: no comparison: the reference's linear fit was refused"}
+    hit = cae[ok & (cae["mse_all_linear"] <= ref_mse)]
     if len(hit):
         k = int(hit["size"].iloc[0])
-        text = (f"sweep: a CAE panel of {k} genes matches the reference's linear test MSE "
-                f"({hit['mse_all_linear'].iloc[0]:.4g} ≤ {ref_mse:.4g}, reference "
-                f"{len(ref)} genes)")
+        text = (f"sweep: a converged CAE panel of {k} genes matches the reference's linear "
+                f"test MSE ({hit['mse_all_linear'].iloc[0]:.4g} ≤ {ref_mse:.4g}, reference "
+                f"{n_ref} genes{ref_note}){not_counted}")
+    elif ok.any():
+        k = None
+        sizes = ", ".join(map(str, cae.loc[ok, "size"]))
+        text = (f"sweep: no converged swept panel (sizes {sizes}) reached the reference's "
+                f"linear test MSE {ref_mse:.4g}{ref_note}{not_counted}")
     else:
         k = None
-        text = (f"sweep: no swept size ({', '.join(map(str, cae['size']))}) reached the "
-                f"reference's linear test MSE {ref_mse:.4g}")
-    return df, {"smallest_matching_size": k, "reference_mse_all_linear": ref_mse, "text": text}
+        text = (f"sweep: no swept panel can be compared with the reference's linear test MSE "
+                f"{ref_mse:.4g}{ref_note}: {'; '.join(skipped)}")
+    return {"smallest_matching_size": k, "reference_mse_all_linear": ref_mse,
+            "excluded": skipped, "text": text}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -709,22 +789,44 @@ def plot_bars(summary: pd.DataFrame, path: Path) -> None:
 
 
 def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
-    """Linear-decoder test MSE against panel size (the paper's Fig. 6b)."""
+    """Linear-decoder test MSE against panel size (the paper's Fig. 6b), on a log scale.
+
+    Filled circles: converged panels with an unregularised fit; hollow circles: the
+    selector did not converge; crosses: ridge fits (at least as many genes as training
+    rows). Refused fits are left out. The log axis keeps an interpolating outlier from
+    squashing the other points.
+    """
     from genepanel.plots import pyplot, save_png
 
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     cae = sweep[sweep["panel"] == "cae_sweep"].sort_values("size")
-    ax.plot(cae["size"], cae["mse_all_linear"], "o-", label="CAE panels (sweep)")
+    cae = cae[np.isfinite(cae["mse_all_linear"])]
+    ax.plot(cae["size"], cae["mse_all_linear"], "-", color="tab:orange", alpha=0.5)
+    conv = cae["converged"].astype(bool)
+    ols = cae["linear_fit"] == "ols"
+    groups = ((conv & ols, {"marker": "o", "color": "tab:orange"}, "CAE panels (sweep)"),
+              (~conv & ols, {"marker": "o", "mfc": "none", "color": "tab:orange"},
+               "CAE panels, not converged"),
+              (~ols, {"marker": "x", "color": "tab:red"}, "CAE panels, ridge fit (k ≥ n train)"))
+    for sel, style, label in groups:
+        if sel.any():
+            ax.plot(cae.loc[sel, "size"], cae.loc[sel, "mse_all_linear"], ls="none",
+                    label=label, **style)
     c = sweep[sweep["panel"] == "candidate"].iloc[0]
     r = sweep[sweep["panel"] == "reference"].iloc[0]
-    ax.plot([c["size"]], [c["mse_all_linear"]], "s", color="tab:blue", label="candidate panel")
-    ax.axhline(r["mse_all_linear"], color="tab:gray", ls="--",
-               label=f"reference ({int(r['size'])} genes)")
-    ax.plot([r["size"]], [r["mse_all_linear"]], "D", color="tab:gray")
+    if np.isfinite(c["mse_all_linear"]):
+        ax.plot([c["size"]], [c["mse_all_linear"]], "s", color="tab:blue",
+                label="candidate panel")
+    if np.isfinite(r["mse_all_linear"]):
+        ridge = " (ridge fit)" if r.get("linear_fit") == "ridge" else ""
+        ax.axhline(r["mse_all_linear"], color="tab:gray", ls="--",
+                   label=f"reference ({int(r['size'])} genes){ridge}")
+        ax.plot([r["size"]], [r["mse_all_linear"]], "D", color="tab:gray")
+    ax.set_yscale("log")
     ax.set_xlabel("panel size (genes)")
-    ax.set_ylabel("linear decoder test MSE, all genes")
+    ax.set_ylabel("linear decoder test MSE, all genes (log scale)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_png(fig, path)
@@ -757,14 +859,18 @@ def report_markdown(res: CompareResult) -> str:
         "",
         "Test-set metrics on the preprocessed scale, mean ± sd over trials (the linear "
         "regression is deterministic: one fit). `MSE neither` uses only the genes in neither "
-        "panel (the same genes for both); `MSE all` counts each panel's own genes too.",
+        "panel (the same genes for both); `MSE all` counts each panel's own genes too. The "
+        "linear fit is unregularised least squares (`ols`) unless a panel has at least as "
+        "many genes (plus intercept) as there are training rows: least squares would then "
+        "interpolate the training rows, so it is ridge regression with the penalty chosen on "
+        "the validation rows (`ridge`), or not fitted without them (`refused`).",
         "",
-        "| decoder | panel | genes | MSE all | MSE neither | Pearson r mean (neither) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| decoder | fit | panel | genes | MSE all | MSE neither | Pearson r mean (neither) |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for _, r in s.iterrows():
         lines.append(
-            f"| {r['decoder']} | {r['panel']} | {r['panel_size']} | "
+            f"| {r['decoder']} | {r['fit']} | {r['panel']} | {r['panel_size']} | "
             f"{_fmt(r['mse_all_mean'], r['mse_all_sd'], r['n_trials'])} | "
             f"{_fmt(r['mse_neither_mean'], r['mse_neither_sd'], r['n_trials'])} | "
             f"{_fmt(r['pearson_mean_neither_mean'], r['pearson_mean_neither_sd'], r['n_trials'])} |"
@@ -773,12 +879,19 @@ def report_markdown(res: CompareResult) -> str:
     for dec in dict.fromkeys(s["decoder"]):
         t = s[s["decoder"] == dec].set_index("panel")
         ratio = t.loc["candidate", "mse_neither_mean"] / t.loc["reference", "mse_neither_mean"]
-        lines.append(f"- {dec}: {ratio:.3f}")
+        fits = [f"{p}: {t.loc[p, 'fit']}" for p in PANELS if t.loc[p, "fit"] != "trained"]
+        lines.append(f"- {dec}: {ratio:.3f}" + (f" ({', '.join(fits)})" if fits else ""))
     if res.sweep is not None:
         lines += ["", "## Panel-size sweep", "", i["sweep_match"]["text"] + ".", "",
-                  "| panel | genes | linear test MSE (all genes) |", "|---|---:|---:|"]
+                  "| panel | genes | linear test MSE (all genes) | linear fit | converged |",
+                  "|---|---:|---:|---|---|"]
         for _, r in res.sweep.sort_values("size").iterrows():
-            lines.append(f"| {r['panel']} | {int(r['size'])} | {r['mse_all_linear']:.4g} |")
+            conv = r.get("converged")
+            conv = "yes" if conv is True else "**no**" if conv is False else ""
+            mse = "not fitted" if not np.isfinite(r["mse_all_linear"]) else (
+                f"{r['mse_all_linear']:.4g}")
+            lines.append(f"| {r['panel']} | {int(r['size'])} | {mse} | {r['linear_fit']} "
+                         f"| {conv} |")
         lines += ["", "![sweep](sweep.png)"]
     nf = i["reference_not_found"]
     missing = (

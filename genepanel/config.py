@@ -211,7 +211,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         msg = f"config file {path} not found; pass an existing YAML file (see configs/)"
         raise UsageError(msg)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError:
+        msg = f"config file {path} is not UTF-8 text; save it as UTF-8"
+        raise UsageError(msg) from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         msg = f"config file {path} is not valid YAML ({first})"

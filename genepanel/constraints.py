@@ -38,7 +38,9 @@ def parse_gene_list(
         if not path.is_file():
             msg = f"{option} {value}: file {path} not found"
             raise UsageError(msg)
-        text = path.read_text().replace(",", "\n")
+        from genepanel.io import read_text_file
+
+        text = read_text_file(path, f"{option} gene list").replace(",", "\n")
         return tuple(line.strip() for line in text.splitlines() if line.strip()
                      and not line.lstrip().startswith("#"))
     return tuple(v.strip() for v in value.split(",") if v.strip())

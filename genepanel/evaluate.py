@@ -82,6 +82,51 @@ def fit_linear(
     return fits
 
 
+def guarded_linear_fit(
+    x_train: np.ndarray, x_val: np.ndarray | None, panel: np.ndarray
+) -> tuple[LinearFit | None, dict]:
+    """A linear refit from ``panel`` that never interpolates the training rows.
+
+    ``x_train`` ``[n, d]`` and ``x_val`` ``[m, d]`` are preprocessed dense rows. With
+    fewer parameters per gene than training rows (``k + 1 < n``: k panel genes and an
+    intercept) this is the unregularised least-squares refit (``fit = "ols"``). Otherwise
+    least squares interpolates the training rows and its test error says nothing about
+    the panel, so the fit is ridge regression with the strength chosen on the validation
+    rows (``fit = "ridge"``, ``alpha`` relative to the mean squared singular value of the
+    centred panel matrix), or refused (``(None, {"fit": "refused", ...})``) without
+    validation rows. The second element describes the choice (JSON-able).
+    """
+    x = np.asarray(x_train, np.float64)
+    idx = np.asarray(panel)
+    n, k = len(x), len(idx)
+    mu = x.mean(0)
+    xc = x - mu
+    info: dict = {"fit": "ols", "k": k, "n_train": n}
+    if k + 1 < n:
+        coef = scipy.linalg.lstsq(xc[:, idx], xc, lapack_driver="gelsd")[0]
+    else:
+        info["reason"] = f"{k} panel genes + intercept for {n} training rows"
+        if x_val is None or len(x_val) < 2:
+            return None, {**info, "fit": "refused"}
+        u, s, vt = scipy.linalg.svd(xc[:, idx], full_matrices=False)
+        keep = s > s[0] * 1e-10 if len(s) and s[0] > 0 else np.zeros(len(s), bool)
+        u, s, vt = u[:, keep], s[keep], vt[keep]
+        uty = u.T @ xc
+        v = np.asarray(x_val, np.float64)
+        pv = (v[:, idx] - mu[idx]) @ vt.T
+        scale = float(np.mean(s**2)) if len(s) else 1.0
+        best = (np.inf, 0.0)
+        for rel in 10.0 ** np.arange(-6.0, 3.5, 0.5):
+            f = s / (s**2 + rel * scale)
+            err = float(np.mean(np.square((pv * f) @ uty + mu - v)))
+            best = min(best, (err, float(rel)))
+        info.update(fit="ridge", alpha=best[1], ridge_lambda=best[1] * scale,
+                    val_rows=len(v), val_mse=best[0])
+        coef = vt.T @ ((s / (s**2 + best[1] * scale))[:, None] * uty)
+    intercept = mu - mu[idx] @ coef
+    return LinearFit(idx, coef.astype(np.float32), intercept.astype(np.float32)), info
+
+
 def linear_test_mse(
     data: ExpressionData,
     pre: Preprocessor,

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import io
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from genepanel.errors import DataError, UsageError
-from genepanel.io import BackedMatrix, read_matrix, write_json, write_tsv
+from genepanel.io import (
+    BackedMatrix,
+    read_matrix,
+    temp_file_beside,
+    write_error,
+    write_json,
+    write_tsv,
+)
 from genepanel.saved import DECODERS, FittedModel, load_model
 
 UNS_KEY = "genepanel_impute"
@@ -576,21 +583,155 @@ class ImputeResult:
     evaluation_files: list[Path] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` only on success."""
-    if path.exists() and not overwrite:
-        msg = f"output {path} exists; pass --overwrite to replace it or choose another --out"
-        raise UsageError(msg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _is_impute_output(path: Path) -> bool:
+    """Whether ``path`` is an ``.h5ad`` that ``genepanel impute`` wrote."""
     try:
-        yield Path(tmp)
+        with h5py.File(path, "r") as f:
+            return f"uns/{UNS_KEY}" in f
+    except OSError:
+        return False
+
+
+def _check_out_file(path: Path, *, overwrite: bool) -> None:
+    if path.is_dir():
+        msg = (f"--out {path} is a folder; impute writes one .h5ad file: name a file, e.g. "
+               f"{path / 'imputed.h5ad'}")
+        raise UsageError(msg)
+    if path.exists() and not overwrite:
+        msg = (f"output {path} already exists; pass --overwrite to replace it or choose "
+               "another --out")
+        raise UsageError(msg)
+    if path.exists() and not _is_impute_output(path):
+        msg = (f"--overwrite: {path} is not a file genepanel impute wrote; it is never replaced: "
+               "move it away or choose another --out")
+        raise UsageError(msg)
+
+
+class _DiscardableFile(io.RawIOBase):
+    """A file for h5py's ``fileobj`` driver that never hands HDF5 a write error.
+
+    When HDF5 meets a failed write (a full disk) it fails again while closing and
+    leaves a half-closed file that crashes the interpreter at exit (SIGSEGV/SIGBUS).
+    Here the first failed write is kept in :attr:`error` and from then on every
+    operation succeeds without touching the disk, so the HDF5 file closes cleanly; the
+    caller checks :attr:`error` (:meth:`check`) and removes the temporary file.
+    """
+
+    def __init__(self, path: Path):
+        self._fh: Any = open(path, "w+b")  # closed by sync_close() or _stop()
+        self._dead = False
+        self._pos = 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _stop(self, exc: OSError | None = None) -> None:
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._dead = True
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if not self._dead:
+            try:
+                return self._fh.seek(offset, whence)
+            except OSError as exc:
+                self._stop(exc)
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos if self._dead else self._fh.tell()
+
+    def write(self, b: Any) -> int:
+        n = len(memoryview(b))
+        if not self._dead:
+            try:
+                return self._fh.write(b)
+            except OSError as exc:
+                self._stop(exc)
+        return n
+
+    def readinto(self, b: Any) -> int:
+        if not self._dead:
+            try:
+                return self._fh.readinto(b)
+            except OSError as exc:
+                self._stop(exc)
+        return 0
+
+    def truncate(self, size: int | None = None) -> int:
+        if not self._dead:
+            try:
+                return self._fh.truncate(size)
+            except OSError as exc:
+                self._stop(exc)
+        return int(size or 0)
+
+    def flush(self) -> None:
+        if not self._dead:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._stop(exc)
+
+    def check(self) -> None:
+        """Raise the first write error, if any (call between batches)."""
+        if self.error is not None:
+            raise self.error
+
+    def sync_close(self) -> None:
+        """Flush, fsync and close the real file; raise the first error, if any."""
+        self.check()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def discard(self) -> None:
+        """Stop writing: every later operation is a no-op; the real file is closed."""
+        self._stop()
+
+
+@contextlib.contextmanager
+def _atomic_h5(path: Path) -> Iterator[tuple[h5py.File, _DiscardableFile]]:
+    """An HDF5 file written beside ``path`` and moved onto it only when complete.
+
+    Yields the file and its sink (call ``sink.check()`` between batches to stop early
+    on a full disk). A failed write raises :class:`DataError` with one line and leaves
+    neither ``path`` changed nor a temporary file behind.
+    """
+    tmp = None
+    sink = None
+    f = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temp_file_beside(path)
+        os.close(fd)
+        sink = _DiscardableFile(Path(tmp))
+        f = h5py.File(sink, "w")
+        yield f, sink
+        f.close()
+        sink.sync_close()
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if sink is not None:
+            sink.discard()
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise write_error(path, exc) from exc
         raise
 
 
@@ -636,9 +777,7 @@ def impute_file(
     if src.exists() and out.exists() and src.resolve() == out.resolve():
         msg = f"--out {out} is the input file; inputs are never modified: choose another --out"
         raise UsageError(msg)
-    if out.exists() and not overwrite:
-        msg = f"output {out} already exists; pass --overwrite to replace it or choose another --out"
-        raise UsageError(msg)
+    _check_out_file(out, overwrite=overwrite)
     hdf5 = {"dataset": dataset, "genes": genes, "genes_by_samples": genes_by_samples}
     model, rows, plan, bs = _prepare(
         src, model, decoder=decoder, batch_size=batch_size, layer=layer,
@@ -650,7 +789,7 @@ def impute_file(
         prov = _provenance(model, rows, plan, decoder=decoder, keep_measured=keep_measured,
                            original_scale=original_scale)
         ev = None
-        with _atomic_path(out, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        with _atomic_h5(out) as (f, sink):
             f.attrs["encoding-type"] = "anndata"
             f.attrs["encoding-version"] = "0.1.0"
             chunk_rows = int(max(1, min(n, bs, 2**20 // (4 * d) or 1)))
@@ -664,6 +803,7 @@ def impute_file(
                                              original_scale=original_scale, sums=sums):
                 X[start : start + len(pred)] = pred
                 panel_sse += sse
+                sink.check()
             if sums is not None:
                 ev = _evaluation(model, plan, sums,
                                  panel_sse if plan.model_cols is not None else None, n)

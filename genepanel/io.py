@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,10 @@ class BackedMatrix:
             if enc != "csr_matrix":
                 self._file.close()
                 msg = (
-                    f"{self.path}:{node} is stored as {enc or 'an unknown encoding'}; streaming "
-                    "reads rows, so it needs a dense or CSR matrix (adata.X = adata.X.tocsr(), "
-                    "then write again) or run without --stream"
+                    f"{self.path}:{node} is stored as {enc or 'an unknown encoding'}; reading "
+                    "it row by row needs a dense or CSR matrix: write it again after "
+                    "adata.X = adata.X.tocsr() (select and benchmark can also read it whole "
+                    "with --no-stream)"
                 )
                 raise DataError(msg)
             from anndata.io import sparse_dataset
@@ -261,10 +263,32 @@ def read_npz(path: str | Path) -> ExpressionData:
         msg = f"input file {path} not found; check the path"
         raise DataError(msg)
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        # an open file handle of our own: np.load leaks its own on a damaged zip
+        with open(path, "rb") as fh:
+            try:
+                z = np.load(fh, allow_pickle=False)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
+                raise DataError(msg) from exc
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                msg = f"{path} holds a single array, not an .npz archive with X"
+                raise DataError(msg)
+            return _read_npz_arrays(z, path)
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise
+        msg = (
+            f"{path} holds an object array (e.g. feature_names saved from a pandas Index); "
+            "genepanel never unpickles input files: save names as strings, "
+            "np.savez(..., feature_names=np.asarray(names, dtype=str))"
+        )
+        raise DataError(msg) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         msg = f"cannot read {path} as a NumPy .npz file ({exc.__class__.__name__})"
         raise DataError(msg) from exc
+
+
+def _read_npz_arrays(z: Any, path: Path) -> ExpressionData:
     with z:
         if "X" not in z.files:
             msg = f"{path} has no array 'X' (arrays: {', '.join(z.files) or 'none'})"
@@ -288,6 +312,26 @@ def read_npz(path: str | Path) -> ExpressionData:
     data = ExpressionData(X=x.astype(np.float32), genes=genes, obs=obs, source=str(path))
     validate_matrix(data)
     return data
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """The text of a small input file (gene lists, names): UTF-8, a leading BOM dropped.
+
+    Raises
+    ------
+    DataError
+        When the file cannot be read or is not UTF-8 text (``what`` names it).
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        msg = (f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+               "(one gene per line)")
+        raise DataError(msg) from None
+    except OSError as exc:
+        msg = f"cannot read {what} {path}: {os.strerror(exc.errno) if exc.errno else exc}"
+        raise DataError(msg) from None
 
 
 def _read_elem(node: Any) -> Any:
@@ -414,7 +458,8 @@ def _read_hdf5(
         raw = np.asarray(f[genes][()]).ravel()
         names = [g.decode() if isinstance(g, bytes) else str(g) for g in raw]
     elif Path(genes).is_file():
-        names = [line.strip() for line in Path(genes).read_text().splitlines() if line.strip()]
+        text = read_text_file(genes, "--genes file")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         msg = f"--genes {genes!r} is neither a dataset in {path} nor a readable text file"
         raise DataError(msg)
@@ -428,6 +473,27 @@ def _read_hdf5(
     obs = pd.DataFrame(index=[f"s{i}" for i in range(X.shape[0])])
     where = f"{path}:{dataset}" + (" (streamed)" if stream else "")
     return ExpressionData(X=X, genes=names, obs=obs, source=where)
+
+
+def counts_hint(data: ExpressionData, preprocess: str) -> str | None:
+    """A warning line when the matrix looks like raw counts and ``preprocess`` has no log1p.
+
+    Raw counts (non-negative integers with a long tail) make a few highly expressed genes
+    dominate the squared error; ``log1p`` is the usual choice. Looks at up to 500 rows.
+    """
+    if "log1p" in preprocess:
+        return None
+    block = data.rows(np.arange(min(500, data.shape[0])))
+    values = np.asarray(block.data if sp.issparse(block) else block, np.float64).ravel()
+    if not len(values) or values.min() < 0 or values.max() <= 20:
+        return None
+    if not np.all(values == np.round(values)):
+        return None
+    return (
+        f"warning: {data.source} looks like raw counts (non-negative integers up to "
+        f"{values.max():.0f}) and --preprocess is {preprocess!r}; --preprocess log1p "
+        "(or log1p+standardize) usually gives a better panel"
+    )
 
 
 def validate_matrix(data: ExpressionData) -> None:
@@ -484,21 +550,77 @@ def _check_finite(x: Any, data: ExpressionData, offset: int) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path`` and move it into place only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _umask() -> int:
+    """The process umask (read without changing it where ``/proc`` allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def default_file_mode() -> int:
+    """``0o666`` less the umask: the mode ``open()`` would give a new file."""
+    return 0o666 & ~_umask()
+
+
+def write_error(path: str | Path, exc: OSError) -> DataError:
+    """One line for a failed write: the path, the reason and what to do."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc).split(" (")[0]
+    hint = {
+        28: "free some space or choose another --out",
+        13: "choose a writable --out",
+        30: "choose a writable --out",
+        1: "choose a writable --out",
+    }.get(exc.errno or 0, "check the --out path")
+    return DataError(f"cannot write {path}: {reason}; {hint}")
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` with the umask's permissions (not 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``path`` and move it into place only on success.
+
+    The file gets the permissions a plain ``open()`` would give (``0o666`` less the
+    umask). A failed write (full disk, read-only folder) raises :class:`DataError`
+    and leaves neither ``path`` changed nor the temporary file behind.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temp_file_beside(path)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if exc.errno is None:
+            raise
+        raise write_error(path, exc) from exc
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 
@@ -526,56 +648,246 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(msg)
 
 
+def input_identity(data: ExpressionData, path: str | Path | None = None) -> dict[str, Any]:
+    """What identifies an input for ``--resume``.
+
+    Shape, gene names and, for a file, its path, size and a SHA-256 of its first and last
+    MiB (compared without the path: the same file moved or touched still matches).
+    """
+    import hashlib
+
+    genes = hashlib.sha256("\n".join(data.genes).encode()).hexdigest()
+    ident: dict[str, Any] = {"shape": list(data.shape), "genes_sha256": genes}
+    if path is not None and Path(path).is_file():
+        h = hashlib.sha256()
+        size = Path(path).stat().st_size
+        with open(path, "rb") as fh:
+            h.update(fh.read(2**20))
+            if size > 2**20:
+                fh.seek(max(2**20, size - 2**20))
+                h.update(fh.read(2**20))
+        ident.update(path=os.path.abspath(path), size=size, head_tail_sha256=h.hexdigest())
+    return ident
+
+
+#: Every run folder genepanel writes holds this file; ``--overwrite`` replaces nothing else.
+MARKER = ".genepanel-run"
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder that genepanel wrote (it holds :data:`MARKER`)."""
+    return path.is_dir() and not path.is_symlink() and (path / MARKER).is_file()
+
+
+def input_paths(*items: Any) -> list[Path]:
+    """The file or folder paths among ``items`` (``@file`` gene lists included)."""
+    out = []
+    for item in items:
+        if isinstance(item, str) and item.startswith("@"):
+            item = item[1:]
+        if isinstance(item, str | os.PathLike) and str(item):
+            out.append(Path(item))
+    return out
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
 class OutputDir:
-    """An output folder that appears complete or not at all.
+    """An output folder that appears complete or not at all, and never replaces a stranger's.
 
     Everything is written into ``<out>.partial/``; :meth:`commit` renames it to
     ``<out>``. The staging folder survives an interruption so that a run can resume
-    from its checkpoints there.
+    from its checkpoints there. While a run works in it, the staging folder is locked
+    (``fcntl.flock``): a second run to the same ``--out`` is refused, with
+    ``--resume`` and ``--overwrite`` too. ``overwrite`` replaces only a folder holding
+    the :data:`MARKER` file (one genepanel wrote), and never an input or a folder
+    holding one (``inputs``).
     """
 
-    def __init__(self, out: str | Path, *, overwrite: bool = False, resume: bool = False):
-        self.final = Path(out)
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        inputs: list[Path] | tuple[Path, ...] = (),
+        command: str = "genepanel",
+    ):
+        self.shown = Path(out)
+        self.final = Path(os.path.abspath(out))
+        if not self.final.name:
+            msg = f"--out {out} is the file system root; choose a new folder for the results"
+            raise UsageError(msg)
         self.staging = self.final.with_name(self.final.name + ".partial")
         self.overwrite = overwrite
         self.resume = resume
+        self.inputs = [Path(p) for p in inputs]
+        self.command = command
+        self._lock_fd: int | None = None
 
-    def check(self) -> None:
-        """Refuse an existing destination or a stale staging folder (before any work)."""
-        if self.final.exists() and not self.overwrite:
-            msg = (
-                f"output folder {self.final} already exists; pass --overwrite to replace it "
-                "or choose another --out"
-            )
-            raise UsageError(msg)
-        if self.staging.exists() and not self.resume and not self.overwrite:
-            msg = (
-                f"an interrupted run left {self.staging}; pass --resume to continue it "
-                "or --overwrite to start again"
-            )
-            raise UsageError(msg)
-        if self.resume and not self.staging.exists():
+    def _check_inputs(self) -> None:
+        for given in self.inputs:
+            if not given.exists():
+                continue
+            real = _real(given)
+            for target in (self.final, self.staging):
+                t = _real(target)
+                if real == t:
+                    msg = (f"--out {self.shown} is the input {given}; inputs are never "
+                           "modified: choose another --out")
+                    raise UsageError(msg)
+                if t in real.parents:
+                    msg = (f"--out {self.shown} holds the input {given}; inputs are never "
+                           "modified: choose a new folder for --out")
+                    raise UsageError(msg)
+
+    def check(self, *, staging: bool = True) -> None:
+        """Refuse unsafe or busy destinations before any work (one line, exit code 2).
+
+        ``staging=False`` skips the checks of ``<out>.partial`` (for the processes of a
+        multi-process run other than the one that writes: it may already be working there).
+        """
+        self._check_inputs()
+        if self.final.exists() or self.final.is_symlink():
+            if not self.overwrite:
+                msg = (
+                    f"output folder {self.shown} already exists; pass --overwrite to replace "
+                    "it or choose another --out"
+                )
+                raise UsageError(msg)
+            if not is_run_folder(self.final):
+                what = "folder" if self.final.is_dir() else "file"
+                msg = (
+                    f"--overwrite: {self.shown} is a {what} genepanel did not write (no "
+                    f"{MARKER} marker); genepanel replaces only its own run folders: move it "
+                    "away or choose another --out"
+                )
+                raise UsageError(msg)
+        if not staging:
+            return
+        if self.staging.exists():
+            busy = self._holder()
+            if busy is not None:
+                msg = (
+                    f"{self.staging} is in use by a running genepanel ({busy}); wait for it to "
+                    "finish or choose another --out"
+                )
+                raise UsageError(msg)
+            if not self.resume and not self.overwrite:
+                msg = (
+                    f"an interrupted run left {self.staging}; pass --resume to continue it "
+                    "or --overwrite to start again"
+                )
+                raise UsageError(msg)
+            if not is_run_folder(self.staging):
+                msg = (
+                    f"{self.staging} exists but genepanel did not write it (no {MARKER} "
+                    "marker); move it away or choose another --out"
+                )
+                raise UsageError(msg)
+        elif self.resume:
             msg = f"--resume: no interrupted run found at {self.staging}; run without --resume"
             raise UsageError(msg)
 
+    def _holder(self) -> str | None:
+        """``"pid N"`` when a live run holds the staging lock, else ``None``."""
+        import fcntl
+
+        try:
+            fd = os.open(self.staging, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = json.loads((self.staging / MARKER).read_text()).get("pid", "?")
+            except (OSError, ValueError, AttributeError):
+                pid = "?"
+            return f"pid {pid}"
+        finally:
+            os.close(fd)
+        return None
+
     def prepare(self) -> Path:
-        """Check the destination and create the staging folder; return it."""
+        """Check the destination, create and lock the staging folder; return it."""
+        import fcntl
+
         self.check()
-        if self.staging.exists() and not self.resume:
-            shutil.rmtree(self.staging)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.staging, os.O_RDONLY)
+        except OSError as exc:
+            raise write_error(self.staging, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            msg = (f"{self.staging} is in use by another running genepanel; wait for it to "
+                   "finish or choose another --out")
+            raise UsageError(msg) from None
+        self._lock_fd = fd
+        try:
+            if not self.resume:
+                for child in self.staging.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            from genepanel import __version__
+
+            write_json(self.staging / MARKER, {
+                "written_by": f"genepanel {__version__}", "command": self.command,
+                "pid": os.getpid(),
+            })
+        except OSError as exc:
+            self.release()
+            raise write_error(self.staging, exc) from exc
+        except BaseException:
+            self.release()
+            raise
         return self.staging
 
     def commit(self) -> Path:
-        """Move the staging folder into place (replacing ``out`` with ``--overwrite``)."""
-        ckpt = self.staging / "checkpoints"
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        if self.final.exists():
-            trash = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, trash)
-            os.replace(self.staging, self.final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.staging, self.final)
-        return self.final
+        """Move the staging folder into place (replacing ``out`` with ``--overwrite``).
+
+        SIGTERM and SIGINT wait until the folder is in place, so that an old ``out`` is
+        never left moved aside.
+        """
+        import signal
+
+        held = {signal.SIGTERM, signal.SIGINT}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            ckpt = self.staging / "checkpoints"
+            if ckpt.exists():
+                shutil.rmtree(ckpt)
+            if self.final.exists() or self.final.is_symlink():
+                if not (self.overwrite and is_run_folder(self.final)):
+                    msg = (f"{self.shown} appeared while the run worked and genepanel did not "
+                           f"write it; the results stay in {self.staging}")
+                    raise UsageError(msg)
+                trash = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+                os.replace(self.final, trash)
+                os.replace(self.staging, self.final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(self.staging, self.final)
+        except OSError as exc:
+            raise write_error(self.final, exc) from exc
+        finally:
+            self.release()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return self.shown
+
+    def release(self) -> None:
+        """Drop the staging lock (also done by :meth:`commit` and at exit)."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self.release()

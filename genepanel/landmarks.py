@@ -73,7 +73,9 @@ def read_gene_list(path: str | Path) -> list[str]:
         msg = f"reference file {path} not found; pass a text file with one gene per line"
         raise UsageError(msg)
     names: list[str] = []
-    for line in path.read_text().splitlines():
+    from genepanel.io import read_text_file
+
+    for line in read_text_file(path, "reference file").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -157,10 +158,17 @@ def load_model(folder: str | Path) -> FittedModel:
         )
         raise ModelError(msg)
     try:
-        spec = json.loads((folder / "model.json").read_text())
+        spec = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         msg = f"{folder}/model.json is not valid JSON ({exc.msg}); rerun genepanel select"
         raise ModelError(msg) from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        msg = (f"cannot read {folder}/model.json ({exc.__class__.__name__}); rerun "
+               "genepanel select")
+        raise ModelError(msg) from exc
+    if not isinstance(spec, dict):
+        msg = f"{folder}/model.json is not a genepanel model (a JSON {type(spec).__name__})"
+        raise ModelError(msg)
     if spec.get("format") != FORMAT:
         msg = f"{folder}/model.json is not a genepanel model (format {spec.get('format')!r})"
         raise ModelError(msg)
@@ -171,30 +179,83 @@ def load_model(folder: str | Path) -> FittedModel:
             f"{FORMAT_VERSION}: use a matching genepanel version or rerun select"
         )
         raise ModelError(msg)
-    with np.load(folder / "decoder.npz") as z:
-        params = traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep="/")
-    with np.load(folder / "linear.npz") as z:
-        coef, intercept = z["coef"], z["intercept"]
-    with np.load(folder / "preprocess.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    genes = list(spec["genes"])
-    panel_index = np.asarray(spec["panel_index"], np.int64)
-    if [genes[i] for i in panel_index] != list(spec["panel_genes"]):
-        msg = f"{folder}/model.json is inconsistent (panel genes do not match their indices)"
+    try:
+        genes = [str(g) for g in spec["genes"]]
+        panel_genes = [str(g) for g in spec["panel_genes"]]
+        panel_index = np.asarray(spec["panel_index"], np.int64)
+        hidden = tuple(int(h) for h in spec["decoder"]["hidden"])
+        if panel_index.ndim != 1 or [genes[i] for i in panel_index] != panel_genes:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, IndexError):
+        msg = f"{folder}/model.json is inconsistent or incomplete; rerun genepanel select"
+        raise ModelError(msg) from None
+    params = traverse_util.unflatten_dict(_load_npz(folder, "decoder.npz"), sep="/")
+    lin = _load_npz(folder, "linear.npz", ("coef", "intercept"))
+    coef, intercept = lin["coef"], lin["intercept"]
+    arrays = _load_npz(folder, "preprocess.npz")
+    k, d = len(panel_index), len(genes)
+    if coef.shape != (k, d) or intercept.shape != (d,):
+        msg = (f"{folder}/linear.npz holds coef {coef.shape} and intercept {intercept.shape}, "
+               f"expected {(k, d)} and {(d,)}; rerun genepanel select")
         raise ModelError(msg)
-    if coef.shape != (len(panel_index), len(genes)):
-        want = (len(panel_index), len(genes))
-        msg = f"{folder}/linear.npz has shape {coef.shape}, expected {want}; rerun select"
-        raise ModelError(msg)
+    _check_decoder(folder, params, k, d, hidden)
     meta = {k: v for k, v in spec.items()
             if k not in {"panel_genes", "genes", "panel_index", "decoder", "preprocess"}}
+    try:
+        pre = Preprocessor.from_saved(spec["preprocess"], arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = (f"{folder}/preprocess.npz or the preprocessing in model.json is damaged "
+               f"({exc.__class__.__name__}); rerun genepanel select")
+        raise ModelError(msg) from exc
     return FittedModel(
-        panel_genes=list(spec["panel_genes"]),
+        panel_genes=panel_genes,
         genes=genes,
         panel_index=panel_index,
-        hidden=tuple(spec["decoder"]["hidden"]),
+        hidden=hidden,
         params=params,
         linear=LinearFit(panel_index, coef, intercept),
-        pre=Preprocessor.from_saved(spec["preprocess"], arrays),
+        pre=pre,
         meta=meta,
     )
+
+
+def _load_npz(folder: Path, name: str, need: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of ``folder/name`` (numeric arrays only, never pickled objects)."""
+    path = folder / name
+    try:
+        # an open file handle of our own: np.load leaks its own on a damaged zip
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        msg = (f"{path} is damaged or not written by genepanel ({exc.__class__.__name__}); "
+               "rerun genepanel select")
+        raise ModelError(msg) from None
+    missing = [k for k in need if k not in arrays]
+    bad = [k for k, v in arrays.items() if not np.issubdtype(v.dtype, np.number)]
+    if missing or bad:
+        what = f"lacks {', '.join(missing)}" if missing else f"holds non-numeric {bad[0]}"
+        msg = f"{path} {what}; it is not a genepanel model file: rerun genepanel select"
+        raise ModelError(msg)
+    return arrays
+
+
+def _check_decoder(folder: Path, params: dict, k: int, d: int, hidden: tuple[int, ...]) -> None:
+    """Refuse decoder weights whose shapes do not fit ``k`` panel genes → ``d`` genes."""
+    widths = [k, *hidden]
+    names = [f"hidden_{i}" for i in range(len(hidden))] + ["out"]
+    for i, name in enumerate(names):
+        layer = params.get(name) if isinstance(params, dict) else None
+        kern = layer.get("kernel") if isinstance(layer, dict) else None
+        bias = layer.get("bias") if isinstance(layer, dict) else None
+        n_out = hidden[i] if name != "out" else None
+        ok = (
+            kern is not None and bias is not None and kern.ndim == 2 and bias.ndim == 1
+            and kern.shape[0] == widths[i] and kern.shape[1] == bias.shape[0]
+            and (n_out is None or kern.shape[1] == n_out)
+            and (n_out is not None or kern.shape[1] >= d)
+        )
+        if not ok:
+            shape = None if kern is None else tuple(kern.shape)
+            msg = (f"{folder}/decoder.npz does not fit the model ({name} kernel {shape}; the "
+                   f"panel has {k} genes, the model {d}); rerun genepanel select")
+            raise ModelError(msg)

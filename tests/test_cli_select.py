@@ -77,9 +77,17 @@ def test_existing_output_is_refused_then_overwritten(planted_h5ad, tmp_path):
     (out / "keep.txt").write_text("mine")
     _one_line_error(_run("select", path, "--k", 3, "--out", out, *FAST), 2, "already exists")
     assert (out / "keep.txt").read_text() == "mine"
-    res = _run("select", path, "--k", 3, "--out", out, *FAST, "--overwrite", "--no-baselines")
+    # a folder genepanel did not write is never replaced, not even with --overwrite
+    _one_line_error(_run("select", path, "--k", 3, "--out", out, *FAST, "--overwrite"), 2,
+                    "genepanel did not write")
+    assert (out / "keep.txt").read_text() == "mine"
+    run = tmp_path / "run2"
+    res = _run("select", path, "--k", 3, "--out", run, *FAST, "--no-baselines")
     assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / "panel.tsv").exists()
+    (run / "extra.txt").write_text("x")
+    res = _run("select", path, "--k", 3, "--out", run, *FAST, "--overwrite", "--no-baselines")
+    assert res.exit_code == 0, res.output
+    assert not (run / "extra.txt").exists() and (run / "panel.tsv").exists()
 
 
 def test_bad_inputs_give_one_line_and_exit_code(tmp_path, planted_h5ad):

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd
 
 from tests.conftest import ROOT
 
@@ -33,6 +34,8 @@ SCRIPT = textwrap.dedent(
     print(json.dumps({"procs": jax.process_count(), "path": res.fit.path,
         "panel": res.panel.indices.tolist(),
         "logits": np.asarray(res.fit.params["selector"]["logits"]).ravel()[::5].tolist(),
+        "margin": float(np.min(np.diff(np.sort(np.asarray(
+            res.fit.params["selector"]["logits"]), axis=1)[:, -2:], axis=1))),
         "loss": [h["train_loss"] for h in res.fit.history],
         "mse": res.metrics["trained_decoder_test_mse"]}))
     """
@@ -69,15 +72,21 @@ def test_two_processes_train_one_model_like_one_process(tmp_path):
     assert [r["procs"] for r in pair] == [2, 2]
     assert pair[0]["path"] == "streamed"
     # the two processes hold one model ...
-    assert pair[0]["panel"] == pair[1]["panel"]
     assert pair[0]["logits"] == pair[1]["logits"]
-    # ... which is the model a single process trains
-    assert pair[0]["panel"] == single["panel"]
+    # ... which is the model a single process trains, up to floating-point reordering
+    # (the two processes reduce gradients in another order than one process)
     np.testing.assert_allclose(pair[0]["logits"], single["logits"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(pair[0]["loss"], single["loss"], rtol=1e-4)
     np.testing.assert_allclose(pair[0]["mse"], single["mse"], rtol=1e-4)
-    # only process 0 wrote, and the folder is complete
-    assert (tmp_path / "pair" / "panel.tsv").read_text() == (
-        tmp_path / "single" / "panel.tsv"
-    ).read_text()
+    # The panel is each node's argmax: comparing genes exactly is safe only because every
+    # node's best logit leads its runner-up by far more than those tolerances.
+    assert min(single["margin"], pair[0]["margin"]) > 0.05
+    assert pair[0]["panel"] == pair[1]["panel"] == single["panel"]
+    # only process 0 wrote, and the folder is complete: the same genes, numbers within
+    # tolerance (never compared as text: the last printed digit may differ across CPUs)
+    a = pd.read_csv(tmp_path / "pair" / "panel.tsv", sep="\t")
+    b = pd.read_csv(tmp_path / "single" / "panel.tsv", sep="\t")
+    assert list(a.columns) == list(b.columns)
+    assert a["gene"].tolist() == b["gene"].tolist() and a["node"].tolist() == b["node"].tolist()
+    np.testing.assert_allclose(a["probability"], b["probability"], rtol=1e-3, atol=1e-6)
     assert not (tmp_path / "pair.partial").exists()

@@ -2,24 +2,49 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from genepanel.cli import benchmark as _benchmark
 from genepanel.cli import compare as _compare
 from genepanel.cli import impute as _impute
 from genepanel.cli import select as _select
 
+
+class _Command(TyperCommand):
+    """A command whose ``--help`` flag shows no ``<bool>`` label."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class _Group(TyperGroup):
+    """The root command, with the same ``--help`` display."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
 app = typer.Typer(
+    cls=_Group,
     name="genepanel",
     help="Design gene panels from omics data with concrete autoencoders.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("select")(_select.select)
-app.command("impute")(_impute.impute)
-app.command("compare-landmarks")(_compare.compare_landmarks)
-app.command("benchmark")(_benchmark.benchmark)
+app.command("select", cls=_Command)(_select.select)
+app.command("impute", cls=_Command)(_impute.impute)
+app.command("compare-landmarks", cls=_Command)(_compare.compare_landmarks)
+app.command("benchmark", cls=_Command)(_benchmark.benchmark)
 
 
 def _version(value: bool) -> None:
@@ -33,7 +58,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False, "--version", callback=_version, is_eager=True, metavar="", help="Print the version and exit."
     ),
 ) -> None:
     """Design gene panels from omics data with concrete autoencoders."""

@@ -14,6 +14,7 @@ from genepanel.cli.common import (
     genes_option,
     layer_option,
     log,
+    print_result,
     run_command,
     setup_logging,
     stream_option,
@@ -26,7 +27,7 @@ def benchmark(
         "feature_names)."
     ),
     k: int | None = typer.Option(
-        None, "--k", help="Panel size (number of genes). [default: 50]"
+        None, "--k", help="Panel size (number of genes). (default: 50)"
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
     labels: str | None = typer.Option(
@@ -49,7 +50,7 @@ def benchmark(
     genes: str | None = genes_option(),
     stream: bool | None = stream_option(),
     preprocess: str | None = typer.Option(
-        None, help="none | log1p | standardize | log1p+standardize. [default: none]"
+        None, help="none | log1p | standardize | log1p+standardize. (default: none)"
     ),
     split_column: str | None = typer.Option(
         None, help="obs column with train/val/test per sample."
@@ -57,9 +58,9 @@ def benchmark(
     epochs: int | None = typer.Option(None, help="Selector epoch cap and annealing length E."),
     batch_size: int | None = typer.Option(None, help="Selector minibatch size."),
     lr: float | None = typer.Option(None, help="Selector Adam learning rate."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing --out folder that genepanel wrote."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Debug logs and tracebacks."),
 ) -> None:
     """Compare the concrete autoencoder with random, HVG, Laplacian-score and PFA panels."""
     setup_logging(verbose)
@@ -86,8 +87,9 @@ def benchmark(
                                 n_random=n_random, overwrite=overwrite, on_epoch=reporter)
         finally:
             reporter.close()
-        log.info("benchmark of k = %d written to %s", cfg.k, res.out)
+        print_result(res.out)
         if not quiet:
-            typer.echo(markdown_table(res.table), nl=False)
+            typer.echo(markdown_table(res.table), nl=False, err=True)
+            log.info("benchmark of k = %d written to %s", cfg.k, res.out)
 
     run_command(work, verbose)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,9 +39,9 @@ def genes_option() -> Any:
 def stream_option() -> Any:
     """``--stream/--no-stream``: read minibatches from disk."""
     return typer.Option(
-        None, "--stream/--no-stream",
-        help="Leave the matrix on disk and read minibatches from it. [default: when larger "
-        "than input.host_memory_budget_gb]",
+        None, "--stream/--no-stream", metavar="",
+        help="Leave the matrix on disk and read minibatches from it. (default: when larger "
+        "than input.host_memory_budget_gb)",
     )
 log = logging.getLogger("genepanel")
 
@@ -56,14 +58,26 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which checkpoints and stops by itself)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    del signum, frame
+    raise Terminated
+
+
 def run_command(fn: Callable[[], T], verbose: bool) -> T:
     """Run ``fn``; map errors to one line on stderr and the documented exit codes.
 
-    2: bad usage or configuration; 1: bad data or I/O; 130: interrupted. With
-    ``verbose`` the traceback is printed too.
+    2: bad usage or configuration; 1: bad data or I/O; 130: interrupted (Ctrl-C);
+    143: terminated (SIGTERM). With ``verbose`` the traceback is printed too.
     """
     from genepanel.errors import GenepanelError
 
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return fn()
     except GenepanelError as exc:
@@ -74,6 +88,16 @@ def run_command(fn: Callable[[], T], verbose: bool) -> T:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
+    except Terminated:
+        if verbose:
+            traceback.print_exc()
+        typer.echo(
+            "error: terminated (SIGTERM) before the results were complete; nothing was "
+            "written to --out; run the command again (with --resume where a checkpoint "
+            "was left in <out>.partial)",
+            err=True,
+        )
+        raise typer.Exit(143) from None
     except MemoryError:
         if verbose:
             traceback.print_exc()
@@ -83,6 +107,21 @@ def run_command(fn: Callable[[], T], verbose: bool) -> T:
             err=True,
         )
         raise typer.Exit(1) from None
+    except OSError as exc:  # a file-system failure no module turned into a GenepanelError
+        if verbose:
+            traceback.print_exc()
+        reason = exc.strerror or str(exc).splitlines()[0]
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {reason}{where}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def print_result(path: Any) -> None:
+    """Write a result path to stdout (the only stdout output; summaries go to stderr)."""
+    typer.echo(str(path))
 
 
 class EpochReporter:

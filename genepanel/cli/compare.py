@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from genepanel.cli.common import log, run_command, setup_logging
+from genepanel.cli.common import log, print_result, run_command, setup_logging
 
 
 def compare_landmarks(
@@ -22,7 +22,7 @@ def compare_landmarks(
         help="Text file with one gene per line (default: the 978 L1000 landmark genes).",
     ),
     dgex_only: bool = typer.Option(
-        False, "--dgex-only", help="Use only the 943 landmarks of the D-GEX GEO data."
+        False, "--dgex-only", metavar="", help="Use only the 943 landmarks of the D-GEX GEO data."
     ),
     min_found: float = typer.Option(
         0.5, help="Refuse unless at least this fraction of the reference is found in the data."
@@ -37,7 +37,7 @@ def compare_landmarks(
     batch_size: int = typer.Option(64, help="MLP minibatch size."),
     lr: float = typer.Option(1e-3, help="MLP Adam learning rate."),
     sweep: bool = typer.Option(
-        False, "--sweep", help="Train CAE panels of several sizes below the reference size."
+        False, "--sweep", metavar="", help="Train CAE panels of several sizes below the reference size."
     ),
     sweep_sizes: str | None = typer.Option(
         None, help="Panel sizes for --sweep, e.g. 100,200,400 (default: ¼…1× reference size)."
@@ -45,9 +45,9 @@ def compare_landmarks(
     sweep_epochs: int | None = typer.Option(
         None, help="Epoch cap for the --sweep panels (default: the panel run's)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing --out folder that genepanel wrote."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Debug logs and tracebacks."),
 ) -> None:
     """Compare a panel with the L1000 landmarks (or another reference) on the same data."""
     setup_logging(verbose)
@@ -65,6 +65,7 @@ def compare_landmarks(
         )
         res = compare_landmarks(data, panel, out, reference=reference, config=cfg,
                                 overwrite=overwrite, progress=not quiet)
+        print_result(res.out)
         if quiet:
             return
         for line in res.headline():

@@ -12,6 +12,7 @@ from genepanel.cli.common import (
     genes_option,
     layer_option,
     log,
+    print_result,
     run_command,
     setup_logging,
 )
@@ -19,8 +20,8 @@ from genepanel.cli.common import (
 
 def impute(
     data: Path = typer.Argument(
-        ..., help="Measured matrix (.h5ad, or plain HDF5 with --dataset/--genes): panel genes "
-        "or all genes, matched by name."
+        ..., help="Measured matrix (.h5ad, plain HDF5 with --dataset/--genes, or .npz with X and "
+        "feature_names): panel genes or all genes, matched by name."
     ),
     model: Path = typer.Option(
         ..., "--model", "-m", help="Run folder written by genepanel select."
@@ -29,11 +30,11 @@ def impute(
     decoder: str = typer.Option("trained", help="trained | linear (the refit regression)."),
     reconstruct_measured: bool = typer.Option(
         False, "--reconstruct-measured",
-        help="Output the decoder's reconstruction of the panel genes, not the measured values.",
+        metavar="", help="Output the decoder's reconstruction of the panel genes, not the measured values.",
     ),
     original_scale: bool = typer.Option(
         False, "--original-scale",
-        help="Undo the per-gene z-score (default: the model's preprocessed scale).",
+        metavar="", help="Undo the per-gene z-score (default: the model's preprocessed scale).",
     ),
     totals_column: str | None = typer.Option(
         None, help="log1p models, panel-only input: obs column of per-sample totals over all genes."
@@ -43,17 +44,17 @@ def impute(
     dataset: str | None = dataset_option(),
     genes: str | None = genes_option(),
     genes_by_samples: bool = typer.Option(
-        False, "--genes-by-samples", help="Plain HDF5 matrix is stored genes × samples."
+        False, "--genes-by-samples", metavar="", help="Plain HDF5 matrix is stored genes × samples."
     ),
     batch_size: int | None = typer.Option(None, help="Rows per batch (default: automatic)."),
     evaluate: bool = typer.Option(
         False, "--evaluate",
-        help="Score against the true values of non-panel genes in the input (MSE, Pearson); "
+        metavar="", help="Score against the true values of non-panel genes in the input (MSE, Pearson); "
         "writes <out>.evaluation.json/.tsv.",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary output."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing --out file that genepanel impute wrote."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No summary output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Debug logs and tracebacks."),
 ) -> None:
     """Impute every gene from measurements of the panel genes."""
     setup_logging(verbose)
@@ -67,6 +68,7 @@ def impute(
             layer=layer, gene_column=gene_column, dataset=dataset, genes=genes,
             genes_by_samples=genes_by_samples, evaluate=evaluate, overwrite=overwrite,
         )
+        print_result(res.out)
         if quiet:
             return
         log.info("imputed %d genes for %d samples → %s (%s scale)", res.n_genes, res.n_samples,

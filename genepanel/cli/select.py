@@ -14,16 +14,20 @@ from genepanel.cli.common import (
     genes_option,
     layer_option,
     log,
+    print_result,
     run_command,
     setup_logging,
     stream_option,
 )
+from genepanel.config import SelectConfig
+
+_D = SelectConfig()  # the defaults shown in --help
 
 
 def select(
-    data: Path = typer.Argument(..., help="Expression matrix: .h5ad, or plain HDF5 with --dataset."),
+    data: Path = typer.Argument(..., help="Expression matrix: .h5ad, plain HDF5 (with --dataset/--genes) or .npz (X, feature_names)."),
     k: str | None = typer.Option(
-        None, "--k", help="Panel size; several sizes as 50,100,200 (one folder each). [default: 50]"
+        None, "--k", help=f"Panel size; several sizes as 50,100,200 (one folder each). (default: {_D.k})"
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; flags override it."),
@@ -32,46 +36,46 @@ def select(
     dataset: str | None = dataset_option(),
     genes: str | None = genes_option(),
     genes_by_samples: bool | None = typer.Option(
-        None, "--genes-by-samples", help="Plain HDF5 matrix is stored genes × samples."
+        None, "--genes-by-samples", metavar="", help="Plain HDF5 matrix is stored genes × samples."
     ),
     stream: bool | None = stream_option(),
     preprocess: str | None = typer.Option(
-        None, help="none | log1p | standardize | log1p+standardize. [default: none]"
+        None, help=f"none | log1p | standardize | log1p+standardize. (default: {_D.preprocess})"
     ),
     target_sum: float | None = typer.Option(None, help="log1p: total per sample (default: median)."),
     split_column: str | None = typer.Option(None, help="obs column with train/val/test per sample."),
-    seed: int | None = typer.Option(None, help="Random seed; same data+config+seed, same panel."),
-    decoder: str | None = typer.Option(None, help="linear | mlp. [default: linear]"),
+    seed: int | None = typer.Option(None, help=f"Random seed; same data+config+seed, same panel. (default: {_D.seed})"),
+    decoder: str | None = typer.Option(None, help=f"linear | mlp. (default: {_D.model.decoder})"),
     hidden: str | None = typer.Option(None, help="MLP hidden sizes, e.g. 256,128."),
-    epochs: int | None = typer.Option(None, help="Epoch cap and annealing length E (the paper: 300). [default: --anneal-steps worth]"),
-    anneal_steps: int | None = typer.Option(None, help="Annealing length in optimiser steps when --epochs is not given. [default: 20000]"),
-    batch_size: int | None = typer.Option(None, help="Global minibatch size. [default: min(256, max(16, n_train/16))]"),
-    lr: float | None = typer.Option(None, help="Adam learning rate (the paper: 1e-3). [default: 1e-2]"),
-    t0: float | None = typer.Option(None, help="Initial temperature. [default: 10]"),
-    tb: float | None = typer.Option(None, help="Final temperature. [default: 0.01]"),
-    n_related: int | None = typer.Option(None, help="Related genes per node in groups.tsv. [default: 3]"),
+    epochs: int | None = typer.Option(None, help="Epoch cap and annealing length E. (default: as many epochs as --anneal-steps optimiser steps take)"),
+    anneal_steps: int | None = typer.Option(None, help=f"Annealing length in optimiser steps when --epochs is not given. (default: {_D.train.anneal_steps})"),
+    batch_size: int | None = typer.Option(None, help="Global minibatch size. (default: min(256, max(16, n_train/16)))"),
+    lr: float | None = typer.Option(None, help=f"Adam learning rate. (default: {_D.train.learning_rate:g})"),
+    t0: float | None = typer.Option(None, help=f"Initial temperature. (default: {_D.train.t0:g})"),
+    tb: float | None = typer.Option(None, help=f"Final temperature. (default: {_D.train.tb:g})"),
+    n_related: int | None = typer.Option(None, help=f"Related genes per node in groups.tsv. (default: {_D.n_related})"),
     include: str | None = typer.Option(None, help="Genes that must be in the panel: A,B,C or @file."),
     exclude: str | None = typer.Option(None, help="Genes or patterns to leave out: 'MT-*,RP[SL]*' or @file."),
     candidates: str | None = typer.Option(None, help="Choose the panel from these genes only: A,B or @file."),
     labels: str | None = typer.Option(None, help="Supervised: obs column with a cell type or condition."),
-    label_weight: float | None = typer.Option(None, help="Supervised: weight of the label loss, (0, 1]. [default: 1]"),
-    restarts: int | None = typer.Option(None, help="Train from N seeds, keep the best, report agreement."),
-    checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N epochs (0: never)."),
+    label_weight: float | None = typer.Option(None, help=f"Supervised: weight of the label loss, (0, 1]. (default: {_D.label_weight:g})"),
+    restarts: int | None = typer.Option(None, help=f"Train from N seeds, keep the best, report agreement. (default: {_D.train.restarts})"),
+    checkpoint_every: int | None = typer.Option(None, help=f"Checkpoint every N epochs (0: never). (default: {_D.train.checkpoint_every})"),
     retry: bool | None = typer.Option(
-        None, "--retry/--no-retry", help="Restart with doubled epochs when not converged."
+        None, "--retry/--no-retry", metavar="", help=f"Restart with doubled epochs when not converged. (default: {'retry' if _D.train.retry_unconverged else 'no-retry'})"
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing --out folder that genepanel wrote."),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Continue an interrupted run in --out."),
     baselines: bool = typer.Option(
-        True, "--baselines/--no-baselines", help="Score random/HVG panels and the PCA bound."
+        True, "--baselines/--no-baselines", metavar="", help="Score random/HVG panels and the PCA bound."
     ),
     coordinator: str | None = typer.Option(
         None, help="Multi-process: HOST:PORT of process 0 (SLURM is detected without flags)."
     ),
     num_processes: int | None = typer.Option(None, help="Multi-process: number of processes."),
     process_id: int | None = typer.Option(None, help="Multi-process: index of this process."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Debug logs and tracebacks."),
 ) -> None:
     """Select a panel of k genes that best reconstructs all the others."""
     setup_logging(verbose)
@@ -118,6 +122,8 @@ def select(
             reporter.close()
         if not is_main_process():
             return
+        for res in results:
+            print_result(res.out)
         for res in results:
             unmatched = res.run.get("constraints", {}).get("exclude_patterns_matching_nothing")
             if unmatched:
