@@ -401,7 +401,7 @@ def _prepare(
     hdf5: dict[str, Any],
 ) -> tuple[FittedModel, _Rows, _Plan, int]:
     if decoder not in DECODERS:
-        msg = f"--decoder must be one of {', '.join(DECODERS)}; got {decoder!r}"
+        msg = f"--fitted-decoder must be one of {', '.join(DECODERS)}; got {decoder!r}"
         raise UsageError(msg)
     if batch_size is not None and batch_size < 1:
         msg = f"--batch-size must be ≥ 1, got {batch_size}"

@@ -134,14 +134,14 @@ def test_compare_landmarks_never_overwrites_the_run_it_compares(setup, tmp_path)
     _, data, run, ref = setup
     panel = _copy_run(run, tmp_path / "r")
     before = _snapshot(panel)
-    _one_line(_run("compare-landmarks", data, "--panel", panel, "--out", panel, "--overwrite",
+    _one_line(_run("compare-landmarks", data, "--run", panel, "--out", panel, "--overwrite",
                    "--reference", ref, *CMP_FAST), 2, "is the input")
-    _one_line(_run("compare-landmarks", data, "--panel", panel, "--out", tmp_path,
+    _one_line(_run("compare-landmarks", data, "--run", panel, "--out", tmp_path,
                    "--overwrite", "--reference", ref, *CMP_FAST), 2, "holds the input")
     assert _snapshot(panel) == before
     mine = tmp_path / "mine"
     mine.mkdir()
-    _one_line(_run("compare-landmarks", data, "--panel", panel, "--out", mine, "--overwrite",
+    _one_line(_run("compare-landmarks", data, "--run", panel, "--out", mine, "--overwrite",
                    "--reference", ref, *CMP_FAST), 2, "genepanel did not write")
 
 
@@ -149,7 +149,7 @@ def test_run_folders_carry_the_marker_and_can_be_overwritten(setup, tmp_path):
     _, data, run, ref = setup
     assert json.loads((run / MARKER).read_text())["command"] == "select"
     out = tmp_path / "c"
-    args = ["compare-landmarks", data, "--panel", run, "--reference", ref, "--out", out,
+    args = ["compare-landmarks", data, "--run", run, "--reference", ref, "--out", out,
             *CMP_FAST]
     assert _run(*args).exit_code == 0
     assert json.loads((out / MARKER).read_text())["command"] == "compare-landmarks"
@@ -209,7 +209,7 @@ def test_full_disk_is_one_line_and_leaves_no_output(setup, tmp_path, monkeypatch
     if command == "select":
         r = _run("select", data, "--k", 3, "--out", out, *FAST)
     else:
-        r = _run("compare-landmarks", data, "--panel", run, "--reference", ref, "--out", out,
+        r = _run("compare-landmarks", data, "--run", run, "--reference", ref, "--out", out,
                  *CMP_FAST)
     _one_line(r, 1, "No space left on device")
     assert not out.exists()
@@ -254,7 +254,7 @@ def test_impute_onto_a_full_disk_exits_1_without_crashing(setup, tmp_path, limit
     out = tmp_path / "o.h5ad"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_SCRIPT, str(limit), "impute", str(data), "--model",
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(limit), "impute", str(data), "--run",
          str(run), "--out", str(out), "--batch-size", "50"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
@@ -281,7 +281,7 @@ def test_impute_onto_a_real_full_tmpfs(setup, tmp_path):
         b.var_names = ad.read_h5ad(data).var_names
         b.write_h5ad(big)
         proc = subprocess.run(
-            [sys.executable, "-m", "genepanel", "impute", str(big), "--model", str(run),
+            [sys.executable, "-m", "genepanel", "impute", str(big), "--run", str(run),
              "--out", str(mnt / "o.h5ad")],
             cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
             text=True, timeout=120,
@@ -311,7 +311,7 @@ def test_run_folder_and_impute_output_are_readable_by_others(setup, tmp_path):
     _, data, run, _ = setup
     old = os.umask(0o022)
     try:
-        r = _run("impute", data, "--model", run, "--out", tmp_path / "i.h5ad", "-q")
+        r = _run("impute", data, "--run", run, "--out", tmp_path / "i.h5ad", "-q")
     finally:
         os.umask(old)
     assert r.exit_code == 0, r.output
@@ -419,10 +419,10 @@ def _broken_model(run: Path, tmp: Path, name: str, how: str) -> Path:
 def test_damaged_model_files_are_one_line(setup, tmp_path, name, how):
     _, data, run, ref = setup
     folder = _broken_model(run, tmp_path, name, how)
-    line = _one_line(_run("impute", data, "--model", folder, "--out", tmp_path / "o.h5ad"), 1,
+    line = _one_line(_run("impute", data, "--run", folder, "--out", tmp_path / "o.h5ad"), 1,
                      name)
     assert "rerun genepanel select" in line
-    _one_line(_run("compare-landmarks", data, "--panel", folder, "--reference", ref,
+    _one_line(_run("compare-landmarks", data, "--run", folder, "--reference", ref,
                    "--out", tmp_path / "c", *CMP_FAST), 1, name)
 
 
@@ -431,7 +431,7 @@ def test_model_json_damage_is_one_line(setup, tmp_path):
     for text in (b"\xff\xfe garbage", b"[1, 2]", b'{"format": "genepanel-model"'):
         folder = _copy_run(run, tmp_path / f"m{len(text)}")
         (folder / "model.json").write_bytes(text)
-        _one_line(_run("impute", data, "--model", folder, "--out", tmp_path / "o.h5ad"), 1,
+        _one_line(_run("impute", data, "--run", folder, "--out", tmp_path / "o.h5ad"), 1,
                   "model.json")
 
 
@@ -444,7 +444,7 @@ def test_impute_out_is_an_existing_folder(setup, tmp_path):
     d.mkdir()
     (d / "keep").write_text("k")
     for extra in ([], ["--overwrite"]):
-        _one_line(_run("impute", data, "--model", run, "--out", d, *extra), 2, "is a folder")
+        _one_line(_run("impute", data, "--run", run, "--out", d, *extra), 2, "is a folder")
     assert (d / "keep").read_text() == "k"
 
 
@@ -452,13 +452,13 @@ def test_impute_overwrite_replaces_only_its_own_output(setup, tmp_path):
     _, data, run, _ = setup
     other = tmp_path / "precious.h5ad"
     other.write_bytes(data.read_bytes())
-    _one_line(_run("impute", data, "--model", run, "--out", other, "--overwrite"), 2,
+    _one_line(_run("impute", data, "--run", run, "--out", other, "--overwrite"), 2,
               "not a file genepanel impute wrote")
     assert other.read_bytes() == data.read_bytes()
     out = tmp_path / "o.h5ad"
-    assert _run("impute", data, "--model", run, "--out", out, "-q").exit_code == 0
-    _one_line(_run("impute", data, "--model", run, "--out", out), 2, "already exists")
-    r = _run("impute", data, "--model", run, "--out", out, "--overwrite", "-q")
+    assert _run("impute", data, "--run", run, "--out", out, "-q").exit_code == 0
+    _one_line(_run("impute", data, "--run", run, "--out", out), 2, "already exists")
+    r = _run("impute", data, "--run", run, "--out", out, "--overwrite", "-q")
     assert r.exit_code == 0, r.output
 
 
@@ -468,7 +468,7 @@ def test_impute_csc_hint_names_no_flag_impute_lacks(setup, tmp_path):
     a.X = sp.csc_matrix(a.X)
     csc = tmp_path / "csc.h5ad"
     a.write_h5ad(csc)
-    line = _one_line(_run("impute", csc, "--model", run, "--out", tmp_path / "o.h5ad"), 1,
+    line = _one_line(_run("impute", csc, "--run", run, "--out", tmp_path / "o.h5ad"), 1,
                      "csc_matrix", "tocsr()")
     assert "run without --stream" not in line
 
@@ -492,7 +492,7 @@ def test_non_utf8_gene_lists_are_one_line(setup, tmp_path):
     for opt in ("--include", "--exclude", "--candidates"):
         _one_line(_run("select", data, "--k", 3, "--out", tmp_path / "o", opt, f"@{bad}", *FAST),
                   1, "not UTF-8", str(bad))
-    _one_line(_run("compare-landmarks", data, "--panel", run, "--reference", bad,
+    _one_line(_run("compare-landmarks", data, "--run", run, "--reference", bad,
                    "--out", tmp_path / "c", *CMP_FAST), 1, "not UTF-8")
     cfg = tmp_path / "c.yaml"
     cfg.write_bytes(b"k: 3\n# \xff\n")
@@ -572,9 +572,9 @@ def test_stdout_holds_the_result_path_only(setup, tmp_path):
     r = _run("select", data, "--k", 3, "--out", out, *[a for a in FAST if a != "-q"])
     assert r.exit_code == 0 and r.stdout == f"{out}\n"
     assert "panel of 3 genes written" in r.stderr
-    r = _run("impute", data, "--model", run, "--out", tmp_path / "i.h5ad")
+    r = _run("impute", data, "--run", run, "--out", tmp_path / "i.h5ad")
     assert r.exit_code == 0 and r.stdout == f"{tmp_path / 'i.h5ad'}\n"
-    r = _run("compare-landmarks", data, "--panel", run, "--reference", ref,
+    r = _run("compare-landmarks", data, "--run", run, "--reference", ref,
              "--out", tmp_path / "c", *CMP_FAST)
     assert r.exit_code == 0 and r.stdout == f"{tmp_path / 'c'}\n"
     r = _run("benchmark", data, "--k", 3, "--out", tmp_path / "b", "--methods", "random,pca")
@@ -587,7 +587,7 @@ def test_impute_reads_npz(setup, tmp_path):
     a = ad.read_h5ad(data)
     path = tmp_path / "m.npz"
     np.savez(path, X=np.asarray(a.X), feature_names=np.asarray(a.var_names, dtype=str))
-    r = _run("impute", path, "--model", run, "--out", tmp_path / "o.h5ad", "-q")
+    r = _run("impute", path, "--run", run, "--out", tmp_path / "o.h5ad", "-q")
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "o.h5ad") as f:
         assert f["X"].shape == a.shape
@@ -636,11 +636,11 @@ def test_readme_errors_bad_data_every_command(setup, tmp_path):
             ["select", path, "--k", 3, "--out", tmp_path / "o", *FAST, *extra],
             ["benchmark", path, "--k", 3, "--out", tmp_path / "o", "-q", "--methods",
              "random", *extra],
-            ["impute", path, "--model", run, "--out", tmp_path / "o.h5ad", *extra],
+            ["impute", path, "--run", run, "--out", tmp_path / "o.h5ad", *extra],
         ):
             _one_line(_run(*args), 1, pattern)
         if key in ("missing", "folder", "not_hdf5", "nan"):
-            _one_line(_run("compare-landmarks", path, "--panel", run, "--reference", ref,
+            _one_line(_run("compare-landmarks", path, "--run", run, "--reference", ref,
                            "--out", tmp_path / "c", *CMP_FAST), 1, pattern)
     assert not any(p.name in ("o", "o.h5ad", "c") for p in tmp_path.iterdir())
 
@@ -664,17 +664,17 @@ def test_readme_errors_bad_options_every_command(setup, tmp_path):
         (["benchmark", data, "--k", 3, "--methods", "magic", "--out", out], 2, "magic"),
         (["benchmark", data, "--k", 3, "--n-random", 0, "--out", out], 2, "--n-random"),
         (["benchmark", data, "--k", 500, "--out", out], 2, "smaller than the number"),
-        (["impute", data, "--model", run, "--out", tmp_path / "o.txt"], 2, "must end in .h5ad"),
-        (["impute", data, "--model", run, "--out", data], 2, "is the input"),
-        (["impute", data, "--model", tmp_path / "nope", "--out", tmp_path / "o.h5ad"], 1,
+        (["impute", data, "--run", run, "--out", tmp_path / "o.txt"], 2, "must end in .h5ad"),
+        (["impute", data, "--run", run, "--out", data], 2, "is the input"),
+        (["impute", data, "--run", tmp_path / "nope", "--out", tmp_path / "o.h5ad"], 1,
          "model folder"),
-        (["impute", data, "--model", run, "--out", tmp_path / "o.h5ad", "--decoder", "cubic"],
-         2, "--decoder"),
-        (["compare-landmarks", data, "--panel", tmp_path / "nope", "--out", out], 1,
+        (["impute", data, "--run", run, "--out", tmp_path / "o.h5ad", "--fitted-decoder", "cubic"],
+         2, "--fitted-decoder"),
+        (["compare-landmarks", data, "--run", tmp_path / "nope", "--out", out], 1,
          "model folder"),
-        (["compare-landmarks", data, "--panel", run, "--reference", ref, "--out", out,
+        (["compare-landmarks", data, "--run", run, "--reference", ref, "--out", out,
           "--trials", 0], 2, "--trials"),
-        (["compare-landmarks", data, "--panel", run, "--out", out], 1, "L1000 landmarks"),
+        (["compare-landmarks", data, "--run", run, "--out", out], 1, "L1000 landmarks"),
     ]
     for args, code, pattern in cases:
         _one_line(_run(*args), code, pattern)
@@ -683,8 +683,8 @@ def test_readme_errors_bad_options_every_command(setup, tmp_path):
     a = ad.read_h5ad(data)
     panel = json.loads((run / "model.json").read_text())["panel_genes"]
     a[:, [g for g in a.var_names if g != panel[0]]].copy().write_h5ad(tmp_path / "m.h5ad")
-    _one_line(_run("impute", tmp_path / "m.h5ad", "--model", run, "--out",
+    _one_line(_run("impute", tmp_path / "m.h5ad", "--run", run, "--out",
                    tmp_path / "o.h5ad"), 1, "missing", panel[0])
     # data lacking the run's genes
-    _one_line(_run("compare-landmarks", tmp_path / "m.h5ad", "--panel", run, "--reference",
+    _one_line(_run("compare-landmarks", tmp_path / "m.h5ad", "--run", run, "--reference",
                    ref, "--out", out, *CMP_FAST), 1, "lacks 1 of the 50 genes")

@@ -90,9 +90,13 @@ def test_too_few_landmarks_refused_and_cli_reference_file(planted_landmarks, tmp
     ref = tmp_path / "ref.txt"
     ref.write_text("\n".join(names[i] for i in landmark_idx) + "\n")
     out = tmp_path / "cli_cmp"
-    r = CliRunner().invoke(app, ["compare-landmarks", str(path), "--panel", str(run),
+    r = CliRunner().invoke(app, ["compare-landmarks", str(path), "--run", str(run),
                                  "--reference", str(ref), "--out", str(out), "--trials", "1",
                                  "--mlp", "8", "--epochs", "5", "-q"])
     assert r.exit_code == 0, r.output
     summary = pd.read_csv(out / "summary.tsv", sep="\t")
     assert set(summary["panel"]) == {"candidate", "reference"}
+    r = CliRunner().invoke(app, ["compare-landmarks", str(path), "--panel", str(run),
+                                 "--reference", str(ref), "--out", str(tmp_path / "old"),
+                                 "--trials", "1", "--mlp", "8", "--epochs", "5", "-q"])
+    assert r.exit_code == 0 and "--panel is deprecated" in r.output  # hidden 0.1 alias

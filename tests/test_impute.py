@@ -179,7 +179,7 @@ def test_missing_panel_genes_listed_with_alternatives(run):
 def test_cli_errors_have_exit_codes_and_one_line(run, tmp_path):
     folder, _res, _, _, path = run
     cli = CliRunner()
-    r = cli.invoke(app, ["impute", str(path), "--model", str(tmp_path / "nope"),
+    r = cli.invoke(app, ["impute", str(path), "--run", str(tmp_path / "nope"),
                          "--out", str(tmp_path / "o.h5ad")])
     assert r.exit_code == 1
     assert "model folder" in r.output and "Traceback" not in r.output
@@ -190,15 +190,26 @@ def test_cli_errors_have_exit_codes_and_one_line(run, tmp_path):
     with pytest.raises(ModelError, match="not a complete genepanel model folder"):
         genepanel.impute(ad.read_h5ad(path), broken)
 
-    r = cli.invoke(app, ["impute", str(path), "--model", str(folder), "--out", str(path)])
+    r = cli.invoke(app, ["impute", str(path), "--run", str(folder), "--out", str(path)])
     assert r.exit_code == 2 and "is the input file" in r.output
-    r = cli.invoke(app, ["impute", str(path), "--model", str(folder),
+    r = cli.invoke(app, ["impute", str(path), "--run", str(folder),
                          "--out", str(tmp_path / "x.txt")])
     assert r.exit_code == 2 and "must end in .h5ad" in r.output
-    r = cli.invoke(app, ["impute", str(path), "--model", str(folder),
-                         "--out", str(tmp_path / "ok.h5ad"), "--decoder", "cubic"])
-    assert r.exit_code == 2 and "--decoder" in r.output
-    r = cli.invoke(app, ["impute", str(path), "--model", str(folder),
+    r = cli.invoke(app, ["impute", str(path), "--run", str(folder),
+                         "--out", str(tmp_path / "ok.h5ad"), "--fitted-decoder", "cubic"])
+    assert r.exit_code == 2 and "--fitted-decoder" in r.output
+    # the 0.1 names stay as hidden aliases for one release, with a deprecation line
+    r = cli.invoke(app, ["impute", str(path), "--model", str(folder), "--decoder", "linear",
+                         "--out", str(tmp_path / "old.h5ad"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "--model is deprecated" in r.output and "--decoder is deprecated" in r.output
+    r = cli.invoke(app, ["impute", str(path), "--model", str(folder), "--run", str(folder),
+                         "--out", str(tmp_path / "both.h5ad")])
+    assert r.exit_code == 2 and "give only --run" in r.output
+    r = cli.invoke(app, ["impute", str(path), "--out", str(tmp_path / "none.h5ad")])
+    assert r.exit_code == 2 and "missing option --run" in r.output
+    assert "--model" not in cli.invoke(app, ["impute", "--help"]).output
+    r = cli.invoke(app, ["impute", str(path), "--run", str(folder),
                          "--out", str(tmp_path / "ok.h5ad"), "--evaluate"])
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "ok.h5ad") as f:

@@ -199,7 +199,7 @@ def test_compare_cli_refuses_bad_reference_and_existing_out(bladder_run, tmp_pat
     cli = CliRunner()
     ref = tmp_path / "ref.txt"
     ref.write_text("NOT_A_GENE\nALSO_NOT\n" + "\n".join(ad.read_h5ad(path).var_names[:1]))
-    args = ["compare-landmarks", str(path), "--panel", str(tmp / "run"), "--reference", str(ref),
+    args = ["compare-landmarks", str(path), "--run", str(tmp / "run"), "--reference", str(ref),
             "--out", str(tmp_path / "c"), "--trials", "1", "--epochs", "2", "--mlp", "4", "-q"]
     r = cli.invoke(app, args)
     assert r.exit_code == 1
@@ -210,7 +210,7 @@ def test_compare_cli_refuses_bad_reference_and_existing_out(bladder_run, tmp_pat
     assert (tmp_path / "c" / "report.md").is_file()
     r = cli.invoke(app, [*args, "--min-found", "0.3"])
     assert r.exit_code == 2 and "already exists" in r.output
-    r = cli.invoke(app, ["compare-landmarks", str(path), "--panel", str(tmp_path / "nope"),
+    r = cli.invoke(app, ["compare-landmarks", str(path), "--run", str(tmp_path / "nope"),
                          "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and "model folder" in r.output
     r = cli.invoke(app, [*args[:-1], "--trials", "0"])

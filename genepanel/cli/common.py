@@ -46,6 +46,32 @@ def stream_option() -> Any:
 log = logging.getLogger("genepanel")
 
 
+def run_folder_option(help_text: str = "Run folder written by genepanel select.") -> Any:
+    """``--run``: the run folder of a ``genepanel select`` run, named alike in every command."""
+    return typer.Option(None, "--run", help=help_text, show_default=False)
+
+
+def deprecated_alias(new: Any, old: Any, new_flag: str, old_flag: str, *,
+                     required: bool = False) -> Any:
+    """The value of ``new_flag``, or of its deprecated alias ``old_flag`` (with a warning).
+
+    The old flags stay as hidden aliases for one release (removed in 0.3.0).
+    """
+    from genepanel.errors import UsageError
+
+    if old is not None:
+        if new is not None:
+            msg = f"{old_flag} is the old name of {new_flag}; give only {new_flag}"
+            raise UsageError(msg)
+        log.warning("warning: %s is deprecated and will be removed in 0.3.0; use %s",
+                    old_flag, new_flag)
+        new = old
+    if new is None and required:
+        msg = f"missing option {new_flag}"
+        raise UsageError(msg)
+    return new
+
+
 def setup_logging(verbose: bool) -> None:
     """Log to stderr: INFO by default, DEBUG with ``-v``."""
     logging.basicConfig(

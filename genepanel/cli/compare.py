@@ -6,16 +6,22 @@ from pathlib import Path
 
 import typer
 
-from genepanel.cli.common import log, print_result, run_command, setup_logging
+from genepanel.cli.common import (
+    deprecated_alias,
+    log,
+    print_result,
+    run_command,
+    run_folder_option,
+    setup_logging,
+)
 
 
 def compare_landmarks(
     data: Path = typer.Argument(
         ..., help="Expression matrix holding every gene of the panel's run."
     ),
-    panel: Path = typer.Option(
-        ..., "--panel", "-p", help="Run folder written by genepanel select."
-    ),
+    run: Path | None = run_folder_option("Run folder written by genepanel select (its panel)."),
+    panel_alias: Path | None = typer.Option(None, "--panel", "-p", hidden=True),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
     reference: Path | None = typer.Option(
         None, "--reference", "-r",
@@ -56,6 +62,7 @@ def compare_landmarks(
         from genepanel.compare import CompareConfig, compare_landmarks, parse_sizes
         from genepanel.config import parse_hidden
 
+        panel = deprecated_alias(run, panel_alias, "--run", "--panel", required=True)
         cfg = CompareConfig(
             mlp_hidden=tuple(parse_hidden(h) for h in mlp), trials=trials, epochs=epochs,
             patience=patience, batch_size=batch_size, learning_rate=lr, min_found=min_found,

@@ -8,12 +8,14 @@ import typer
 
 from genepanel.cli.common import (
     dataset_option,
+    deprecated_alias,
     gene_column_option,
     genes_option,
     layer_option,
     log,
     print_result,
     run_command,
+    run_folder_option,
     setup_logging,
 )
 
@@ -23,11 +25,15 @@ def impute(
         ..., help="Measured matrix (.h5ad, plain HDF5 with --dataset/--genes, or .npz with X and "
         "feature_names): panel genes or all genes, matched by name."
     ),
-    model: Path = typer.Option(
-        ..., "--model", "-m", help="Run folder written by genepanel select."
-    ),
+    run: Path | None = run_folder_option("Run folder written by genepanel select (its decoder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .h5ad (written atomically)."),
-    decoder: str = typer.Option("trained", help="trained | linear (the refit regression)."),
+    fitted_decoder: str | None = typer.Option(
+        None, "--fitted-decoder",
+        help="Which fitted decoder imputes: trained (with the selector) | linear (the refit "
+        "regression). [default: trained]",
+    ),
+    model_alias: Path | None = typer.Option(None, "--model", "-m", hidden=True),
+    decoder_alias: str | None = typer.Option(None, "--decoder", hidden=True),
     reconstruct_measured: bool = typer.Option(
         False, "--reconstruct-measured",
         metavar="", help="Output the decoder's reconstruction of the panel genes, not the measured values.",
@@ -62,6 +68,9 @@ def impute(
     def work() -> None:
         from genepanel.imputation import impute_file
 
+        model = deprecated_alias(run, model_alias, "--run", "--model", required=True)
+        decoder = deprecated_alias(fitted_decoder, decoder_alias, "--fitted-decoder",
+                                   "--decoder") or "trained"
         res = impute_file(
             data, model, out, keep_measured=not reconstruct_measured, decoder=decoder,
             batch_size=batch_size, original_scale=original_scale, totals_column=totals_column,
