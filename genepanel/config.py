@@ -79,6 +79,9 @@ class TrainConfig:
     without converging starts again with twice the epochs, at most ``max_retries`` times.
     ``restarts`` trains that many times from different seeds (``seed``, ``seed + 1``, …,
     on the same split) and keeps the panel with the lowest validation error.
+    ``prefilter`` (default 5000; 0: off): when more genes are allowed, the selector
+    chooses among the ``prefilter`` of highest training variance (see
+    :mod:`genepanel.prefilter`); the decoder still reconstructs every gene.
     """
 
     max_epochs: int | None = None
@@ -94,6 +97,7 @@ class TrainConfig:
     device_memory_budget_gb: float = 2.0
     checkpoint_every: int = 25
     restarts: int = 1
+    prefilter: int = 5000
 
 
 @dataclass(frozen=True)
@@ -316,3 +320,5 @@ def validate(cfg: SelectConfig) -> None:
     )
     _check(t.checkpoint_every >= 0, f"--checkpoint-every must be ≥ 0, got {t.checkpoint_every}")
     _check(t.restarts >= 1, f"--restarts must be ≥ 1, got {t.restarts}")
+    _check(isinstance(t.prefilter, int) and t.prefilter >= 0,
+           f"--prefilter must be an integer ≥ 0 (0: off), got {t.prefilter!r}")

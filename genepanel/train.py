@@ -154,6 +154,46 @@ class FitResult:
     seconds: float = 0.0
 
 
+def convergence_note(
+    result: FitResult, cfg: TrainConfig, *, n_genes: int, n_candidates: int,
+    reassigned: int = 0,
+) -> str:
+    """One sentence on how training ended and, when it did not converge, what to change.
+
+    ``n_genes`` is the matrix width, ``n_candidates`` the number of genes the selector
+    chose from (smaller after a prefilter); ``reassigned`` the nodes moved at extraction.
+    """
+    last = result.history[-1] if result.history else {}
+    if result.converged:
+        text = (f"converged at epoch {result.stop_epoch} "
+                f"({result.stop_epoch * result.steps_per_epoch} steps)")
+        if reassigned:
+            text += f"; {reassigned} node(s) reassigned at extraction"
+        return text
+    steps = result.epochs_run * result.steps_per_epoch
+    p = last.get("mean_max_prob", float("nan"))
+    text = (f"NOT CONVERGED: stopped at the cap after {result.epochs_run} epochs "
+            f"({steps} steps) with mean maximum selection probability {p:.2f} "
+            f"(the stopping rule needs {cfg.stop_threshold})")
+    if reassigned:
+        text += f" and {reassigned} node(s) reassigned at extraction"
+    text += "; the panel may be little better than a random one. To fix: "
+    fixes = []
+    if cfg.max_epochs is not None:
+        fixes.append(f"drop --epochs (now {cfg.max_epochs}, {steps} optimiser steps) so that "
+                     f"--anneal-steps sets the annealing length, or raise it")
+    else:
+        fixes.append(f"raise --anneal-steps (now {cfg.anneal_steps}; try "
+                     f"{2 * cfg.anneal_steps})")
+    if cfg.learning_rate > 1e-2:
+        fixes.append(f"lower --lr (now {cfg.learning_rate:g}; the default is 1e-2)")
+    if n_candidates > 8000:
+        fixes.append(f"choose from fewer candidate genes (the selector saw {n_candidates} of "
+                     f"{n_genes}; --prefilter 5000, or --candidates)")
+    fixes.append("or pass --retry to restart with twice the steps")
+    return text + "; ".join(fixes)
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -172,15 +212,21 @@ class Trainer:
         mask: np.ndarray | None = None,
         n_labels: int = 0,
         label_weight: float = 1.0,
+        columns: np.ndarray | None = None,
     ):
         self.k, self.d, self.hidden, self.cfg, self.seed, self.mesh = k, d, hidden, cfg, seed, mesh
+        # The candidate columns the selector chooses from (a prefilter); None: all d.
+        self.columns = None if columns is None else np.asarray(columns, np.int32)
+        self.width = d if self.columns is None else len(self.columns)
         # [k, d] logits each node may use (panel constraints); None: all of them.
+        if mask is not None and self.columns is not None:
+            mask = mask[:, self.columns]
         self.mask = mask
         # Supervised mode: the last n_labels of the d columns are one-hot labels, which the
         # selector never sees (masked) and the decoder predicts with cross-entropy.
         self.n_labels, self.label_weight = n_labels, label_weight
         self.n_genes = d - n_labels
-        self.model = ConcreteAutoencoder(k, d, hidden)
+        self.model = ConcreteAutoencoder(k, self.width, hidden, d_out=d)
         self.tx = optax.adam(cfg.learning_rate)
         self.n_devices = mesh.devices.size
         rep, bsh = replicated(mesh), batch_sharded(mesh)
@@ -203,7 +249,7 @@ class Trainer:
         """Fresh parameters and optimiser state (replicated)."""
         def init(mask: jax.Array | None) -> State:
             key = jax.random.fold_in(jax.random.key(self.seed), 1000 + attempt)
-            x0 = jnp.zeros((1, self.d), jnp.float32)
+            x0 = jnp.zeros((1, self.width), jnp.float32)
             params = self.model.init(key, x0, jnp.float32(1.0), key)["params"]
             if mask is not None:
                 # Masked logits get zero softmax weight, hence zero gradient: they stay put.
@@ -215,7 +261,8 @@ class Trainer:
         return jax.jit(init, out_shardings=self._rep)(self.mask)
 
     def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
-        recon = self.model.apply({"params": params}, xb, temp, key)
+        xs = xb if self.columns is None else xb[:, self.columns]
+        recon = self.model.apply({"params": params}, xs, temp, key)
         if not self.n_labels:
             return jnp.mean(jnp.square(recon - xb))
         g, w = self.n_genes, self.label_weight
@@ -291,9 +338,28 @@ class Trainer:
     # ---- helpers --------------------------------------------------------------------
 
     def selection(self, params: dict) -> tuple[float, np.ndarray, np.ndarray]:
-        """(mean row-max probability, argmax gene per node, row-max probability per node)."""
+        """(mean row-max probability, argmax gene per node, row-max probability per node).
+
+        Gene indices are columns of the full matrix (also after a prefilter).
+        """
         mean_max, top, pmax = self.stats_fn(params["selector"]["logits"])
-        return float(mean_max), np.asarray(top), np.asarray(pmax)
+        top = np.asarray(top)
+        if self.columns is not None:
+            top = self.columns[top]
+        return float(mean_max), top, np.asarray(pmax)
+
+    def full_params(self, params: dict) -> dict:
+        """Host copy of ``params`` with the selector logits widened to all ``d`` columns.
+
+        Columns outside the candidate prefilter get :data:`MASKED_LOGIT` (zero probability).
+        """
+        params = jax.device_get(params)
+        if self.columns is None:
+            return params
+        logits = np.asarray(params["selector"]["logits"])
+        full = np.full((self.k, self.d), MASKED_LOGIT, logits.dtype)
+        full[:, self.columns] = logits
+        return {**params, "selector": {**params["selector"], "logits": full}}
 
     def global_batch(self, source: RowSource, positions: np.ndarray) -> np.ndarray | jax.Array:
         """The minibatch at ``positions``, sharded over the mesh.
@@ -568,7 +634,7 @@ def fit(
         "eval": trainer.sse_fn._cache_size(),
     }
     return FitResult(
-        params=jax.device_get(state["params"]),
+        params=trainer.full_params(state["params"]),
         history=history,
         converged=converged,
         stop_epoch=stop_epoch,

@@ -57,6 +57,7 @@ def select(
     label_weight: float | None = typer.Option(None, help="Supervised: weight of the label loss, (0, 1]. [default: 1]"),
     restarts: int | None = typer.Option(None, help="Train from N seeds, keep the best, report agreement."),
     checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N epochs (0: never)."),
+    prefilter: int | None = typer.Option(None, help="The selector chooses among the N genes of highest training variance (0: all genes; the decoder always reconstructs all). [default: 5000]"),
     retry: bool | None = typer.Option(
         None, "--retry/--no-retry", help="Restart with doubled epochs when not converged."
     ),
@@ -87,7 +88,7 @@ def select(
         "train.max_epochs": epochs, "train.anneal_steps": anneal_steps,
         "train.batch_size": batch_size, "train.learning_rate": lr,
         "train.t0": t0, "train.tb": tb, "train.checkpoint_every": checkpoint_every,
-        "train.retry_unconverged": retry,
+        "train.retry_unconverged": retry, "train.prefilter": prefilter,
     }
 
     def work() -> None:
@@ -123,9 +124,14 @@ def select(
             if unmatched:
                 log.warning("warning: --exclude %s matched no gene", ", ".join(unmatched))
             m, tr = res.metrics, res.run["training"]
-            state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
-                     else f"not converged after {tr['epochs_run']} epochs")
-            log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out, state)
+            log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out,
+                     tr["status"] if tr["converged"] else "NOT CONVERGED, see below")
+            if tr.get("prefilter"):
+                log.info("the selector chose among the %d genes of highest variance of %d "
+                         "(--prefilter 0: all)", tr["candidate_genes"],
+                         tr["prefilter"]["of_allowed_genes"])
+            if not tr["converged"]:
+                log.warning("warning: %s", tr["status"])
             line = f"test MSE: linear refit {m['linear_refit_test_mse']:.4g}"
             line += f", trained decoder {m['trained_decoder_test_mse']:.4g}"
             if "hvg_panel_test_mse" in m:
