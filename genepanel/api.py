@@ -102,6 +102,7 @@ class _Prepared:
     classes: list[str] = field(default_factory=list)
     label_codes: np.ndarray | None = None
     variance: np.ndarray | None = None  # per-gene training variance, for the prefilter
+    constant: np.ndarray | None = None  # per-gene training value where constant, else NaN
 
 
 def _prepare(data: ExpressionData, cfg: SelectConfig) -> _Prepared:
@@ -271,9 +272,13 @@ def _select_one(
     if mask is not None and n_lab:  # the label columns are never selectable
         mask = np.concatenate([mask, np.zeros((cfg.k, n_lab), bool)], axis=1)
     pf = _prefilter(prep, cfg, con)
+    if prep.constant is None:
+        from genepanel.prefilter import constant_genes
+
+        prep.constant = constant_genes(prep.train)[:d]
     trainer = Trainer(cfg.k, d + n_lab, cfg.model.hidden, cfg.train, cfg.seed, data_mesh(),
                       mask=mask, n_labels=n_lab, label_weight=cfg.label_weight,
-                      columns=None if pf is None else pf.columns)
+                      columns=None if pf is None else pf.columns, constant=prep.constant)
     fits_by_seed, val_mse = [], []
     for r in range(cfg.train.restarts):
         ckpt = None
@@ -353,6 +358,7 @@ def _select_one(
     timings["total"] = sum(timings.values())
     run = _run_record(cfg, data, split, result, panel, metrics, timings)
     run["training"]["candidate_genes"] = trainer.width
+    run["training"]["constant_genes"] = d + n_lab - trainer.n_out
     run["training"]["prefilter"] = None if pf is None else pf.report
     run["training"]["status"] = convergence_note(
         result, cfg.train, n_genes=d, n_candidates=trainer.width, reassigned=panel.reassigned)
@@ -370,7 +376,7 @@ def _prefilter(prep: _Prepared, cfg: SelectConfig, con: Constraints) -> Any:
     """The candidate prefilter for this panel (``None``: the selector sees every gene)."""
     from genepanel.prefilter import candidate_columns, gene_variance
 
-    n = cfg.train.prefilter
+    n = cfg.train.prefilter and max(cfg.train.prefilter, 10 * cfg.k)
     if n <= 0 or int(con.allowed.sum()) <= n:
         return None
     if prep.variance is None:

@@ -79,8 +79,8 @@ class TrainConfig:
     without converging starts again with twice the epochs, at most ``max_retries`` times.
     ``restarts`` trains that many times from different seeds (``seed``, ``seed + 1``, …,
     on the same split) and keeps the panel with the lowest validation error.
-    ``prefilter`` (default 5000; 0: off): when more genes are allowed, the selector
-    chooses among the ``prefilter`` of highest training variance (see
+    ``prefilter`` (default 2000; 0: off): when more genes are allowed, the selector
+    chooses among the ``max(prefilter, 10 k)`` of highest training variance (see
     :mod:`genepanel.prefilter`); the decoder still reconstructs every gene.
     """
 
@@ -97,7 +97,7 @@ class TrainConfig:
     device_memory_budget_gb: float = 2.0
     checkpoint_every: int = 25
     restarts: int = 1
-    prefilter: int = 5000
+    prefilter: int = 2000
 
 
 @dataclass(frozen=True)

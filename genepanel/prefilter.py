@@ -81,3 +81,23 @@ def candidate_columns(
         "how_to_turn_off": "--prefilter 0 (config: train.prefilter: 0)",
     }
     return Prefilter(columns=columns, report=report)
+
+
+def constant_genes(source, batch_size: int = 1024) -> np.ndarray:
+    """``[d]`` the value of each gene that is constant on ``source``'s rows, NaN elsewhere.
+
+    ``source`` is a :class:`~genepanel.train.RowSource` (preprocessed rows). Genes that
+    never vary in training (in single-cell data, thousands that are never detected) are
+    left out of the decoder during training: their reconstruction is their value.
+    """
+    if source.dense is not None:
+        x = source.dense
+        lo, hi = x.min(axis=0), x.max(axis=0)
+    else:
+        lo = hi = None
+        for i in range(0, source.n, batch_size):
+            xb = source.batch(np.arange(i, min(i + batch_size, source.n)))
+            blo, bhi = xb.min(axis=0), xb.max(axis=0)
+            lo = blo if lo is None else np.minimum(lo, blo)
+            hi = bhi if hi is None else np.maximum(hi, bhi)
+    return np.where(lo == hi, lo, np.nan).astype(np.float32)

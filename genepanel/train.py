@@ -189,7 +189,7 @@ def convergence_note(
         fixes.append(f"lower --lr (now {cfg.learning_rate:g}; the default is 1e-2)")
     if n_candidates > 8000:
         fixes.append(f"choose from fewer candidate genes (the selector saw {n_candidates} of "
-                     f"{n_genes}; --prefilter 5000, or --candidates)")
+                     f"{n_genes}; --prefilter 2000, or --candidates)")
     fixes.append("or pass --retry to restart with twice the steps")
     return text + "; ".join(fixes)
 
@@ -213,6 +213,7 @@ class Trainer:
         n_labels: int = 0,
         label_weight: float = 1.0,
         columns: np.ndarray | None = None,
+        constant: np.ndarray | None = None,
     ):
         self.k, self.d, self.hidden, self.cfg, self.seed, self.mesh = k, d, hidden, cfg, seed, mesh
         # The candidate columns the selector chooses from (a prefilter); None: all d.
@@ -222,11 +223,22 @@ class Trainer:
         if mask is not None and self.columns is not None:
             mask = mask[:, self.columns]
         self.mask = mask
+        # Genes constant on the training rows ([d] value, NaN where not constant): the
+        # decoder predicts their value without training a weight for them.
+        self.outputs: np.ndarray | None = None
+        self.constant_value = np.zeros(d, np.float32)
+        if constant is not None:
+            is_const = np.zeros(d, bool)
+            is_const[: len(constant)] = ~np.isnan(constant)
+            if is_const.any():
+                self.outputs = np.flatnonzero(~is_const).astype(np.int32)
+                self.constant_value[: len(constant)] = np.nan_to_num(constant)
+        self.n_out = d if self.outputs is None else len(self.outputs)
         # Supervised mode: the last n_labels of the d columns are one-hot labels, which the
         # selector never sees (masked) and the decoder predicts with cross-entropy.
         self.n_labels, self.label_weight = n_labels, label_weight
         self.n_genes = d - n_labels
-        self.model = ConcreteAutoencoder(k, self.width, hidden, d_out=d)
+        self.model = ConcreteAutoencoder(k, self.width, hidden, d_out=self.n_out)
         self.tx = optax.adam(cfg.learning_rate)
         self.n_devices = mesh.devices.size
         rep, bsh = replicated(mesh), batch_sharded(mesh)
@@ -263,13 +275,23 @@ class Trainer:
     def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
         xs = xb if self.columns is None else xb[:, self.columns]
         recon = self.model.apply({"params": params}, xs, temp, key)
-        if not self.n_labels:
+        if self.outputs is None and not self.n_labels:
             return jnp.mean(jnp.square(recon - xb))
-        g, w = self.n_genes, self.label_weight
+        if self.outputs is not None:
+            # Constant genes are left out of the decoder; their error on training rows is
+            # 0, so the mean over all genes is the sum over the others / (b · n_genes).
+            xb = xb[:, self.outputs]
+        g, w = self.n_out - self.n_labels, self.label_weight
+        if self.outputs is None:
+            mse = jnp.mean(jnp.square(recon[:, :g] - xb[:, :g]))
+        else:
+            mse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g])) / (xb.shape[0] * self.n_genes)
+        if not self.n_labels:
+            return mse
         ce = jnp.mean(optax.softmax_cross_entropy(recon[:, g:], xb[:, g:]))
         if w == 1.0:
             return ce
-        return (1.0 - w) * jnp.mean(jnp.square(recon[:, :g] - xb[:, :g])) + w * ce
+        return (1.0 - w) * mse + w * ce
 
     def _step(
         self, state: State, xb: jax.Array, temp: jax.Array, base_key: jax.Array
@@ -299,6 +321,9 @@ class Trainer:
         the summed cross-entropy and the number of correctly predicted labels.
         """
         recon = self.model.apply({"params": params}, xb[:, sel], method=ConcreteAutoencoder.decode)
+        if self.outputs is not None:  # constant genes: their training value
+            full = jnp.broadcast_to(jnp.asarray(self.constant_value), (xb.shape[0], self.d))
+            recon = full.at[:, self.outputs].set(recon)
         g = self.n_genes
         sse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g]) * mask[:, None])
         if not self.n_labels:
@@ -351,15 +376,36 @@ class Trainer:
     def full_params(self, params: dict) -> dict:
         """Host copy of ``params`` with the selector logits widened to all ``d`` columns.
 
-        Columns outside the candidate prefilter get :data:`MASKED_LOGIT` (zero probability).
+        Columns outside the candidate prefilter get :data:`MASKED_LOGIT` (zero probability);
+        the decoder's output layer is widened to every gene, constant genes predicted by
+        their training value (zero weights, bias = the value).
         """
         params = jax.device_get(params)
-        if self.columns is None:
+        if self.columns is not None:
+            logits = np.asarray(params["selector"]["logits"])
+            full = np.full((self.k, self.d), MASKED_LOGIT, logits.dtype)
+            full[:, self.columns] = logits
+            params = {**params, "selector": {**params["selector"], "logits": full}}
+        if self.outputs is not None:
+            out = params["decoder"]["out"]
+            kernel = np.zeros((out["kernel"].shape[0], self.d), np.float32)
+            kernel[:, self.outputs] = out["kernel"]
+            bias = self.constant_value.copy()
+            bias[self.outputs] = out["bias"]
+            params = {**params, "decoder": {**params["decoder"],
+                                            "out": {"kernel": kernel, "bias": bias}}}
+        return params
+
+    def compact_params(self, params: dict) -> dict:
+        """``params`` with the decoder's output layer on the trained (non-constant) genes."""
+        if self.outputs is None:
             return params
-        logits = np.asarray(params["selector"]["logits"])
-        full = np.full((self.k, self.d), MASKED_LOGIT, logits.dtype)
-        full[:, self.columns] = logits
-        return {**params, "selector": {**params["selector"], "logits": full}}
+        out = params["decoder"]["out"]
+        if out["kernel"].shape[-1] == self.n_out:
+            return params
+        out = {"kernel": np.asarray(out["kernel"])[:, self.outputs],
+               "bias": np.asarray(out["bias"])[self.outputs]}
+        return {**params, "decoder": {**params["decoder"], "out": out}}
 
     def global_batch(self, source: RowSource, positions: np.ndarray) -> np.ndarray | jax.Array:
         """The minibatch at ``positions``, sharded over the mesh.
@@ -381,6 +427,7 @@ class Trainer:
         """Hard-selection metrics over ``source``: gene MSE; label CE and accuracy if supervised."""
         sse = ce = hits = 0.0
         sel_dev = np.asarray(sel, np.int32)
+        params = self.compact_params(params)
         padded = _Padded(source, chunk, self.d)
         for start in range(0, source.n, chunk):
             pos = np.arange(start, start + chunk)

@@ -57,7 +57,7 @@ def select(
     label_weight: float | None = typer.Option(None, help="Supervised: weight of the label loss, (0, 1]. [default: 1]"),
     restarts: int | None = typer.Option(None, help="Train from N seeds, keep the best, report agreement."),
     checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N epochs (0: never)."),
-    prefilter: int | None = typer.Option(None, help="The selector chooses among the N genes of highest training variance (0: all genes; the decoder always reconstructs all). [default: 5000]"),
+    prefilter: int | None = typer.Option(None, help="The selector chooses among the max(N, 10 k) genes of highest training variance (0: all genes; the decoder always reconstructs all). [default: 2000]"),
     retry: bool | None = typer.Option(
         None, "--retry/--no-retry", help="Restart with doubled epochs when not converged."
     ),
