@@ -53,7 +53,7 @@ def main() -> None:
     n_modules = int(module.max()) + 1
     stop_after = None
     if args.max_steps:
-        n_train = int(round(data.shape[0] * cfg.split.train))
+        n_train = round(data.shape[0] * cfg.split.train)
         steps_per_epoch = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1)
         stop_after = max(1, args.max_steps // max(steps_per_epoch, 1))
     from genepanel.train import Interrupted
