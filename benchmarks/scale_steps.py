@@ -5,8 +5,8 @@
 the decoder still reconstructs all d). The data are dense random values, so no gene is
 constant: the other saving of the default path (genes constant on the training rows
 leave the decoder) does not show here; see ``scale_celltypist.py`` for real data. No
-convergence: this measures the cost of a step only. Each cell runs ``--epochs`` compiled epochs of ``--steps`` steps
-after one warm-up epoch and reports the median time per step. Peak memory is the
+convergence: this measures the cost of a step only. Each cell runs ``--epochs`` compiled
+epochs of ``--steps`` steps after one warm-up epoch and reports the median time per step. Peak memory is the
 process's peak resident set size after the cell (``ru_maxrss``), measured in a fresh
 process per cell.
 
