@@ -2,7 +2,7 @@
 
 Cells × genes counts, CSR, written in row blocks so memory stays small at 100,000 ×
 30,000. Each of ``--modules`` modules is a set of ``--module-size`` genes driven by one
-latent cell-level activity (log-normal, module-specific scale); the remaining genes are
+latent cell-level activity (gamma, capped, module-specific scale); the remaining genes are
 background with gene-specific rates (a long-tailed mix, most of them rarely detected, as
 in droplet data). Counts are Poisson(library size × rate × exp(loading × activity)).
 ``var['module']`` holds each gene's module (-1: background), ``var['driver']`` marks the
@@ -37,8 +37,8 @@ def make(path: Path, cells: int, genes: int, modules: int, module_size: int, see
     module = np.full(genes, -1, np.int32)
     for m in range(modules):
         module[perm[m * module_size : (m + 1) * module_size]] = m
-    # Background rates: log-normal, most genes rare (mean ~0.05 counts per cell at 5k UMI).
-    base = np.exp(rng.normal(-10.5, 1.8, genes))
+    # Background rates: log-normal, most genes rare (median ~0.03 counts per cell at 5k UMI).
+    base = np.exp(rng.normal(-12.0, 1.8, genes))
     base[module >= 0] = np.exp(rng.normal(-8.0, 0.7, n_mod_genes))
     loading = np.zeros(genes)
     loading[module >= 0] = rng.uniform(0.6, 1.4, n_mod_genes)
@@ -69,7 +69,7 @@ def make(path: Path, cells: int, genes: int, modules: int, module_size: int, see
         total = 0
         for start in range(0, cells, block):
             n = min(block, cells - start)
-            act = rng.lognormal(0.0, 1.0, (n, modules)) * mod_scale  # module activity
+            act = np.minimum(rng.gamma(2.0, 0.5, (n, modules)), 4.0) * mod_scale  # activity
             act *= rng.random((n, modules)) < 0.5  # each module on in about half the cells
             lib = rng.lognormal(np.log(5000), 0.4, (n, 1))
             rate = np.broadcast_to(base.astype(np.float32), (n, genes)).copy()

@@ -6,9 +6,9 @@ the decoder still reconstructs all d). The data are dense random values, so no g
 constant: the other saving of the default path (genes constant on the training rows
 leave the decoder) does not show here; see ``scale_celltypist.py`` for real data. No
 convergence: this measures the cost of a step only. Each cell runs ``--epochs`` compiled
-epochs of ``--steps`` steps after one warm-up epoch and reports the median time per step. Peak memory is the
-process's peak resident set size after the cell (``ru_maxrss``), measured in a fresh
-process per cell.
+epochs of ``--steps`` steps after one warm-up epoch and reports the median time per
+step. Peak memory is the process's peak resident set size after the cell
+(``ru_maxrss``), measured in a fresh process per cell.
 
     PYTHONPATH=$PWD python benchmarks/scale_steps.py --d 2000,8000,16000,32786 --k 50,200,500
 """
