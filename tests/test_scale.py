@@ -95,3 +95,44 @@ def test_unconverged_run_says_so_and_what_to_change():
     res = select_panel(data, _cfg(**{"train.max_epochs": None, "train.anneal_steps": 30}),
                        evaluate_baselines=False)
     assert "raise --anneal-steps (now 30; try 60)" in res.run["training"]["status"]
+
+
+DEVICE_SCRIPT = """
+import json, sys
+import numpy as np, jax
+from genepanel.api import select_panel
+from tests.test_scale import _cfg, _wide
+data, _ = _wide(seed=6)
+cfg = _cfg(**{"train.max_epochs": 15, "train.device_memory_budget_gb": float(sys.argv[1])})
+res = select_panel(data, cfg, evaluate_baselines=False)
+print(json.dumps({"devices": jax.device_count(), "panel": res.panel.indices.tolist(),
+    "candidates": res.run["training"]["candidate_genes"],
+    "logits": np.asarray(res.fit.params["selector"]["logits"]).ravel()[::11].tolist(),
+    "loss": [h["train_loss"] for h in res.fit.history],
+    "mse": res.metrics["trained_decoder_test_mse"]}))
+"""
+
+
+@pytest.mark.parametrize("budget", [2.0, 0.0], ids=["device-path", "streamed-path"])
+def test_prefiltered_run_on_four_fake_devices_equals_one(budget):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def run(n: int) -> dict:
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        out = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(budget)], cwd=ROOT,
+                             env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    one, four = run(1), run(4)
+    assert one["devices"] == 1 and four["devices"] == 4
+    assert one["candidates"] == four["candidates"] == 60
+    assert one["panel"] == four["panel"]
+    np.testing.assert_allclose(one["logits"], four["logits"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(one["loss"], four["loss"], rtol=1e-4)
+    np.testing.assert_allclose(one["mse"], four["mse"], rtol=1e-4)
