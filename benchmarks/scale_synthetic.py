@@ -62,7 +62,8 @@ def main() -> None:
     try:
         res = select_panel(data, cfg, evaluate_baselines=False, stop_after_epochs=stop_after)
     except Interrupted:
-        print(f"stopped after {stop_after or 'a signal at'} epochs ({time.perf_counter() - t:.0f} s); "
+        secs = time.perf_counter() - t
+        print(f"stopped after {stop_after or 'a signal at'} epochs ({secs:.0f} s); "
               "step time only: rerun without --max-steps for a converged panel")
         return
     wall = time.perf_counter() - t0
