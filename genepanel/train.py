@@ -185,8 +185,9 @@ def convergence_note(
     else:
         fixes.append(f"raise --anneal-steps (now {cfg.anneal_steps}; try "
                      f"{2 * cfg.anneal_steps})")
-    if cfg.learning_rate > 1e-2:
-        fixes.append(f"lower --lr (now {cfg.learning_rate:g}; the default is 1e-2)")
+    if cfg.learning_rate != 1e-2:
+        fixes.append(f"use the default --lr 1e-2 (now {cfg.learning_rate:g}; a lower rate "
+                     "needs more steps, a higher one can keep nodes from settling)")
     if n_candidates > 8000:
         fixes.append(f"choose from fewer candidate genes (the selector saw {n_candidates} of "
                      f"{n_genes}; --prefilter 2000, or --candidates)")
