@@ -46,3 +46,16 @@ text += "\n\n" + fmt_ablations(abl) if abl else ""
 open(sys.argv[2], "w").write(text + "\n")
 print(text)
 PYEOF
+
+# Whole transcriptomes and large cell counts (issue 9): the step time against genes and
+# panel size (before/after the candidate prefilter), the L1000 shape at k = 943 and the
+# streamed 100,000 × 30,000 synthetic case at k = 200 (time to a converged panel, peak
+# host memory, planted modules recovered against top-variance genes).
+"$PY" benchmarks/scale_steps.py --d 2000,8000,16000,32786 --k 50,200,500 --batch 256 \
+  --steps 200 | tee "$OUT/gpu_scale_steps.md"
+"$PY" benchmarks/scale_steps.py --d 10463 --k 943 --batch 256 --steps 200 \
+  | tee "$OUT/gpu_scale_l1000.md"
+SYN="$OUT/synthetic_100000x30000.h5ad"
+[ -f "$SYN" ] || "$PY" benchmarks/make_synthetic.py "$SYN" --cells 100000 --genes 30000
+"$PY" benchmarks/scale_synthetic.py "$SYN" --k 200 --json "$OUT/gpu_scale_synthetic.jsonl" \
+  | tee "$OUT/gpu_scale_synthetic.md"

@@ -41,7 +41,14 @@ from genepanel.panel import Panel, extract_panel, panel_table, related_groups
 from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
-from genepanel.train import FitResult, RowSource, Trainer, eval_chunk, fit
+from genepanel.train import (
+    FitResult,
+    RowSource,
+    Trainer,
+    convergence_note,
+    eval_chunk,
+    fit,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata as ad
@@ -104,6 +111,8 @@ class _Prepared:
     timings: dict[str, float]
     classes: list[str] = field(default_factory=list)
     label_codes: np.ndarray | None = None
+    variance: np.ndarray | None = None  # per-gene training variance, for the prefilter
+    constant: np.ndarray | None = None  # per-gene training value where constant, else NaN
 
 
 def _prepare(data: ExpressionData, cfg: SelectConfig) -> _Prepared:
@@ -282,8 +291,14 @@ def _select_one(
     mask = con.mask(cfg.k) if con.active or n_lab else None
     if mask is not None and n_lab:  # the label columns are never selectable
         mask = np.concatenate([mask, np.zeros((cfg.k, n_lab), bool)], axis=1)
+    pf = _prefilter(prep, cfg, con)
+    if prep.constant is None:
+        from genepanel.prefilter import constant_genes
+
+        prep.constant = constant_genes(prep.train)[:d]
     trainer = Trainer(cfg.k, d + n_lab, cfg.model.hidden, cfg.train, cfg.seed, data_mesh(),
-                      mask=mask, n_labels=n_lab, label_weight=cfg.label_weight)
+                      mask=mask, n_labels=n_lab, label_weight=cfg.label_weight,
+                      columns=None if pf is None else pf.columns, constant=prep.constant)
     fits_by_seed, val_mse = [], []
     for r in range(cfg.train.restarts):
         ckpt = None
@@ -362,6 +377,11 @@ def _select_one(
     )
     timings["total"] = sum(timings.values())
     run = _run_record(cfg, data, split, result, panel, metrics, timings)
+    run["training"]["candidate_genes"] = trainer.width
+    run["training"]["constant_genes"] = d + n_lab - trainer.n_out
+    run["training"]["prefilter"] = None if pf is None else pf.report
+    run["training"]["status"] = convergence_note(
+        result, cfg.train, n_genes=d, n_candidates=trainer.width, reassigned=panel.reassigned)
     run["seed"] = cfg.seed + best
     if cfg.include or cfg.exclude or cfg.candidates:
         run["constraints"] = con.report
@@ -370,6 +390,19 @@ def _select_one(
     return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
                         fit=result, metrics=metrics, run=run, split=split, model=model,
                         timings=timings, stability=stability)
+
+
+def _prefilter(prep: _Prepared, cfg: SelectConfig, con: Constraints) -> Any:
+    """The candidate prefilter for this panel (``None``: the selector sees every gene)."""
+    from genepanel.prefilter import candidate_columns, gene_variance
+
+    n = cfg.train.prefilter and max(cfg.train.prefilter, 10 * cfg.k)
+    if n <= 0 or int(con.allowed.sum()) <= n:
+        return None
+    if prep.variance is None:
+        prep.variance = gene_variance(prep.data, prep.pre, prep.split.train, seed=cfg.seed)
+    return candidate_columns(prep.data, prep.pre, prep.split.train, n, allowed=con.allowed,
+                             include=con.include, seed=cfg.seed, variance=prep.variance)
 
 
 def _extra_trees(prep: _Prepared, panels: dict[str, np.ndarray], seed: int) -> dict[str, float]:

@@ -241,6 +241,8 @@ def run_benchmark(
     timings["accuracy"] = time.perf_counter() - t
 
     table = _table(methods, panels, mse, acc, pca, seconds, detail, cfg.k)
+    if cae_info and not cae_info["converged"]:  # marked in benchmark.md/.tsv and the plot
+        table.loc[table["method"] == "cae", "description"] += " (NOT CONVERGED)"
     test_var = test_variance(data, pre, split.test)
     timings["total"] = time.perf_counter() - t0
     from genepanel.saved import versions

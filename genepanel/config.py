@@ -79,6 +79,9 @@ class TrainConfig:
     without converging starts again with twice the epochs, at most ``max_retries`` times.
     ``restarts`` trains that many times from different seeds (``seed``, ``seed + 1``, …,
     on the same split) and keeps the panel with the lowest validation error.
+    ``prefilter`` (default 2000; 0: off): when more genes are allowed, the selector
+    chooses among the ``max(prefilter, 10 k)`` of highest training variance (see
+    :mod:`genepanel.prefilter`); the decoder still reconstructs every gene.
     """
 
     max_epochs: int | None = None
@@ -94,6 +97,7 @@ class TrainConfig:
     device_memory_budget_gb: float = 2.0
     checkpoint_every: int = 25
     restarts: int = 1
+    prefilter: int = 2000
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,8 @@ def validate(cfg: SelectConfig) -> None:
     )
     _check(t.checkpoint_every >= 0, f"--checkpoint-every must be ≥ 0, got {t.checkpoint_every}")
     _check(t.restarts >= 1, f"--restarts must be ≥ 1, got {t.restarts}")
+    _check(isinstance(t.prefilter, int) and t.prefilter >= 0,
+           f"--prefilter must be an integer ≥ 0 (0: off), got {t.prefilter!r}")
 
 
 # One line of help per option, rendered into configs/default.yaml by default_yaml();
@@ -364,6 +370,7 @@ OPTION_HELP: dict[str, str] = {
     "train.device_memory_budget_gb": "keep the training matrix on the device when it fits this",
     "train.checkpoint_every": "epochs between checkpoints (0: only on interruption)",
     "train.restarts": "train from seeds seed, seed+1, ...; keep the lowest validation error",
+    "train.prefilter": "choose among the max(N, 10 k) highest-variance genes (0: all genes)",
 }
 
 

@@ -130,20 +130,26 @@ class Decoder(nn.Module):
 
 
 class ConcreteAutoencoder(nn.Module):
-    """Concrete selector followed by a decoder, trained end to end."""
+    """Concrete selector followed by a decoder, trained end to end.
+
+    The selector chooses among ``d`` candidate genes; the decoder reconstructs ``d_out``
+    genes (default ``d``). With a candidate prefilter ``d < d_out``: the caller passes
+    the candidate columns to the selector and compares the output with all genes.
+    """
 
     k: int
     d: int
     hidden: Sequence[int] = ()
     noise: str = "fused"
+    d_out: int | None = None
 
     def setup(self) -> None:
         """Build the selector and the decoder."""
         self.selector = ConcreteSelector(self.k, self.d, self.noise)
-        self.decoder = Decoder(self.d, tuple(self.hidden))
+        self.decoder = Decoder(self.d if self.d_out is None else self.d_out, tuple(self.hidden))
 
     def __call__(self, x: jax.Array, temperature: jax.Array, key: jax.Array) -> jax.Array:
-        """Training forward pass with soft (Concrete) selection: ``[b, d] -> [b, d]``."""
+        """Training forward pass with soft (Concrete) selection: ``[b, d] -> [b, d_out]``."""
         return self.decoder(self.selector(x, temperature, key))
 
     def decode(self, u: jax.Array) -> jax.Array:

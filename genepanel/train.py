@@ -154,6 +154,47 @@ class FitResult:
     seconds: float = 0.0
 
 
+def convergence_note(
+    result: FitResult, cfg: TrainConfig, *, n_genes: int, n_candidates: int,
+    reassigned: int = 0,
+) -> str:
+    """One sentence on how training ended and, when it did not converge, what to change.
+
+    ``n_genes`` is the matrix width, ``n_candidates`` the number of genes the selector
+    chose from (smaller after a prefilter); ``reassigned`` the nodes moved at extraction.
+    """
+    last = result.history[-1] if result.history else {}
+    if result.converged:
+        text = (f"converged at epoch {result.stop_epoch} "
+                f"({result.stop_epoch * result.steps_per_epoch} steps)")
+        if reassigned:
+            text += f"; {reassigned} node(s) reassigned at extraction"
+        return text
+    steps = result.epochs_run * result.steps_per_epoch
+    p = last.get("mean_max_prob", float("nan"))
+    text = (f"NOT CONVERGED: stopped at the cap after {result.epochs_run} epochs "
+            f"({steps} steps) with mean maximum selection probability {p:.2f} "
+            f"(the stopping rule needs {cfg.stop_threshold})")
+    if reassigned:
+        text += f" and {reassigned} node(s) reassigned at extraction"
+    text += "; the panel may be little better than a random one. To fix: "
+    fixes = []
+    if cfg.max_epochs is not None:
+        fixes.append(f"drop --epochs (now {cfg.max_epochs}, {steps} optimiser steps) so that "
+                     f"--anneal-steps sets the annealing length, or raise it")
+    else:
+        fixes.append(f"raise --anneal-steps (now {cfg.anneal_steps}; try "
+                     f"{2 * cfg.anneal_steps})")
+    if cfg.learning_rate != 1e-2:
+        fixes.append(f"use the default --lr 1e-2 (now {cfg.learning_rate:g}; a lower rate "
+                     "needs more steps, a higher one can keep nodes from settling)")
+    if n_candidates > 8000:
+        fixes.append(f"choose from fewer candidate genes (the selector saw {n_candidates} of "
+                     f"{n_genes}; --prefilter 2000, or --candidates)")
+    fixes.append("or pass --retry to restart with twice the steps")
+    return text + "; ".join(fixes)
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -172,15 +213,33 @@ class Trainer:
         mask: np.ndarray | None = None,
         n_labels: int = 0,
         label_weight: float = 1.0,
+        columns: np.ndarray | None = None,
+        constant: np.ndarray | None = None,
     ):
         self.k, self.d, self.hidden, self.cfg, self.seed, self.mesh = k, d, hidden, cfg, seed, mesh
+        # The candidate columns the selector chooses from (a prefilter); None: all d.
+        self.columns = None if columns is None else np.asarray(columns, np.int32)
+        self.width = d if self.columns is None else len(self.columns)
         # [k, d] logits each node may use (panel constraints); None: all of them.
+        if mask is not None and self.columns is not None:
+            mask = mask[:, self.columns]
         self.mask = mask
+        # Genes constant on the training rows ([d] value, NaN where not constant): the
+        # decoder predicts their value without training a weight for them.
+        self.outputs: np.ndarray | None = None
+        self.constant_value = np.zeros(d, np.float32)
+        if constant is not None:
+            is_const = np.zeros(d, bool)
+            is_const[: len(constant)] = ~np.isnan(constant)
+            if is_const.any():
+                self.outputs = np.flatnonzero(~is_const).astype(np.int32)
+                self.constant_value[: len(constant)] = np.nan_to_num(constant)
+        self.n_out = d if self.outputs is None else len(self.outputs)
         # Supervised mode: the last n_labels of the d columns are one-hot labels, which the
         # selector never sees (masked) and the decoder predicts with cross-entropy.
         self.n_labels, self.label_weight = n_labels, label_weight
         self.n_genes = d - n_labels
-        self.model = ConcreteAutoencoder(k, d, hidden)
+        self.model = ConcreteAutoencoder(k, self.width, hidden, d_out=self.n_out)
         self.tx = optax.adam(cfg.learning_rate)
         self.n_devices = mesh.devices.size
         rep, bsh = replicated(mesh), batch_sharded(mesh)
@@ -203,7 +262,7 @@ class Trainer:
         """Fresh parameters and optimiser state (replicated)."""
         def init(mask: jax.Array | None) -> State:
             key = jax.random.fold_in(jax.random.key(self.seed), 1000 + attempt)
-            x0 = jnp.zeros((1, self.d), jnp.float32)
+            x0 = jnp.zeros((1, self.width), jnp.float32)
             params = self.model.init(key, x0, jnp.float32(1.0), key)["params"]
             if mask is not None:
                 # Masked logits get zero softmax weight, hence zero gradient: they stay put.
@@ -215,14 +274,25 @@ class Trainer:
         return jax.jit(init, out_shardings=self._rep)(self.mask)
 
     def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
-        recon = self.model.apply({"params": params}, xb, temp, key)
-        if not self.n_labels:
+        xs = xb if self.columns is None else xb[:, self.columns]
+        recon = self.model.apply({"params": params}, xs, temp, key)
+        if self.outputs is None and not self.n_labels:
             return jnp.mean(jnp.square(recon - xb))
-        g, w = self.n_genes, self.label_weight
+        if self.outputs is not None:
+            # Constant genes are left out of the decoder; their error on training rows is
+            # 0, so the mean over all genes is the sum over the others / (b · n_genes).
+            xb = xb[:, self.outputs]
+        g, w = self.n_out - self.n_labels, self.label_weight
+        if self.outputs is None:
+            mse = jnp.mean(jnp.square(recon[:, :g] - xb[:, :g]))
+        else:
+            mse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g])) / (xb.shape[0] * self.n_genes)
+        if not self.n_labels:
+            return mse
         ce = jnp.mean(optax.softmax_cross_entropy(recon[:, g:], xb[:, g:]))
         if w == 1.0:
             return ce
-        return (1.0 - w) * jnp.mean(jnp.square(recon[:, :g] - xb[:, :g])) + w * ce
+        return (1.0 - w) * mse + w * ce
 
     def _step(
         self, state: State, xb: jax.Array, temp: jax.Array, base_key: jax.Array
@@ -252,6 +322,9 @@ class Trainer:
         the summed cross-entropy and the number of correctly predicted labels.
         """
         recon = self.model.apply({"params": params}, xb[:, sel], method=ConcreteAutoencoder.decode)
+        if self.outputs is not None:  # constant genes: their training value
+            full = jnp.broadcast_to(jnp.asarray(self.constant_value), (xb.shape[0], self.d))
+            recon = full.at[:, self.outputs].set(recon)
         g = self.n_genes
         sse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g]) * mask[:, None])
         if not self.n_labels:
@@ -291,9 +364,49 @@ class Trainer:
     # ---- helpers --------------------------------------------------------------------
 
     def selection(self, params: dict) -> tuple[float, np.ndarray, np.ndarray]:
-        """(mean row-max probability, argmax gene per node, row-max probability per node)."""
+        """(mean row-max probability, argmax gene per node, row-max probability per node).
+
+        Gene indices are columns of the full matrix (also after a prefilter).
+        """
         mean_max, top, pmax = self.stats_fn(params["selector"]["logits"])
-        return float(mean_max), np.asarray(top), np.asarray(pmax)
+        top = np.asarray(top)
+        if self.columns is not None:
+            top = self.columns[top]
+        return float(mean_max), top, np.asarray(pmax)
+
+    def full_params(self, params: dict) -> dict:
+        """Host copy of ``params`` with the selector logits widened to all ``d`` columns.
+
+        Columns outside the candidate prefilter get :data:`MASKED_LOGIT` (zero probability);
+        the decoder's output layer is widened to every gene, constant genes predicted by
+        their training value (zero weights, bias = the value).
+        """
+        params = jax.device_get(params)
+        if self.columns is not None:
+            logits = np.asarray(params["selector"]["logits"])
+            full = np.full((self.k, self.d), MASKED_LOGIT, logits.dtype)
+            full[:, self.columns] = logits
+            params = {**params, "selector": {**params["selector"], "logits": full}}
+        if self.outputs is not None:
+            out = params["decoder"]["out"]
+            kernel = np.zeros((out["kernel"].shape[0], self.d), np.float32)
+            kernel[:, self.outputs] = out["kernel"]
+            bias = self.constant_value.copy()
+            bias[self.outputs] = out["bias"]
+            params = {**params, "decoder": {**params["decoder"],
+                                            "out": {"kernel": kernel, "bias": bias}}}
+        return params
+
+    def compact_params(self, params: dict) -> dict:
+        """``params`` with the decoder's output layer on the trained (non-constant) genes."""
+        if self.outputs is None:
+            return params
+        out = params["decoder"]["out"]
+        if out["kernel"].shape[-1] == self.n_out:
+            return params
+        out = {"kernel": np.asarray(out["kernel"])[:, self.outputs],
+               "bias": np.asarray(out["bias"])[self.outputs]}
+        return {**params, "decoder": {**params["decoder"], "out": out}}
 
     def global_batch(self, source: RowSource, positions: np.ndarray) -> np.ndarray | jax.Array:
         """The minibatch at ``positions``, sharded over the mesh.
@@ -315,6 +428,7 @@ class Trainer:
         """Hard-selection metrics over ``source``: gene MSE; label CE and accuracy if supervised."""
         sse = ce = hits = 0.0
         sel_dev = np.asarray(sel, np.int32)
+        params = self.compact_params(params)
         padded = _Padded(source, chunk, self.d)
         for start in range(0, source.n, chunk):
             pos = np.arange(start, start + chunk)
@@ -568,7 +682,7 @@ def fit(
         "eval": trainer.sse_fn._cache_size(),
     }
     return FitResult(
-        params=jax.device_get(state["params"]),
+        params=trainer.full_params(state["params"]),
         history=history,
         converged=converged,
         stop_epoch=stop_epoch,

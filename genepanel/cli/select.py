@@ -61,6 +61,7 @@ def select(
     label_weight: float | None = typer.Option(None, help=f"Supervised: weight of the label loss, (0, 1]. (default: {_D.label_weight:g})"),
     restarts: int | None = typer.Option(None, help=f"Train from N seeds, keep the best, report agreement. (default: {_D.train.restarts})"),
     checkpoint_every: int | None = typer.Option(None, help=f"Checkpoint every N epochs (0: never). (default: {_D.train.checkpoint_every})"),
+    prefilter: int | None = typer.Option(None, help=f"The selector chooses among the max(N, 10 k) genes of highest training variance (0: all genes; the decoder always reconstructs all). (default: {_D.train.prefilter})"),
     retry: bool | None = typer.Option(
         None, "--retry/--no-retry", metavar="", help=f"Restart with doubled epochs when not converged. (default: {'retry' if _D.train.retry_unconverged else 'no-retry'})"
     ),
@@ -91,7 +92,7 @@ def select(
         "train.max_epochs": epochs, "train.anneal_steps": anneal_steps,
         "train.batch_size": batch_size, "train.learning_rate": lr,
         "train.t0": t0, "train.tb": tb, "train.checkpoint_every": checkpoint_every,
-        "train.retry_unconverged": retry,
+        "train.retry_unconverged": retry, "train.prefilter": prefilter,
     }
 
     def work() -> None:
@@ -129,9 +130,14 @@ def select(
             if unmatched:
                 log.warning("warning: --exclude %s matched no gene", ", ".join(unmatched))
             m, tr = res.metrics, res.run["training"]
-            state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
-                     else f"not converged after {tr['epochs_run']} epochs")
-            log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out, state)
+            log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out,
+                     tr["status"] if tr["converged"] else "NOT CONVERGED, see below")
+            if tr.get("prefilter"):
+                log.info("the selector chose among the %d genes of highest variance of %d "
+                         "(--prefilter 0: all)", tr["candidate_genes"],
+                         tr["prefilter"]["of_allowed_genes"])
+            if not tr["converged"]:
+                log.warning("warning: %s", tr["status"])
             line = f"test MSE: linear refit {m['linear_refit_test_mse']:.4g}"
             line += f", trained decoder {m['trained_decoder_test_mse']:.4g}"
             if "hvg_panel_test_mse" in m:
