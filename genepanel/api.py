@@ -32,7 +32,7 @@ from genepanel.panel import Panel, extract_panel, panel_table, related_groups
 from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
-from genepanel.selectors import Selected, run_selector, swap_refine
+from genepanel.selectors import Selected, greedy_panel, run_selector, swap_refine
 from genepanel.train import FitResult, Trainer, eval_chunk, fit
 
 log = logging.getLogger("genepanel")
@@ -241,13 +241,23 @@ def _train(
                     time.perf_counter() - t)
 
 
+#: Swap optima whose training refit errors differ by less than this fraction count as tied.
+TIE_RTOL = 1e-4
+
+
 def refine_panel(
     ds: Dataset, cfg: SelectConfig, con: Constraints, cae: Panel
 ) -> tuple[Panel, dict[str, Any]]:
     """Swap-refine the concrete autoencoder's panel on the training rows (if enabled).
 
-    Returns the final panel (node order kept: a node whose gene was swapped out holds
-    its replacement) and a record for ``run.json``. Refinement runs for unsupervised
+    The exact swap search (:func:`~genepanel.selectors.swap_refine`) runs from the
+    autoencoder's panel and from the greedy panel; the local optimum with the lower
+    training refit error is kept. Local optima of this objective often differ by a few
+    genes at training errors equal to 1e-5 of each other; such ties (within
+    :data:`TIE_RTOL`) go to the greedy start, which does not depend on the seed or the
+    number of devices, so that the panel is reproducible. Returns the final panel (genes
+    it shares with the autoencoder's panel keep their node; the others fill the
+    remaining nodes) and a record for ``run.json``. Refinement runs for unsupervised
     panels with the linear decoder only: it optimises the linear refit error, which is
     not what a supervised or MLP panel was trained for.
     """
@@ -261,24 +271,39 @@ def refine_panel(
     xc = ds.train_centred()
     allowed = con.allowed.copy()
     allowed[list(con.include)] = True
-    sw = swap_refine(xc, cae.indices, allowed=allowed, fixed=con.include)
-    d = ds.n_genes
-    changed = np.flatnonzero(sw.panel != cae.indices)
-    panel = Panel(indices=sw.panel, probability=cae.probability.copy(),
-                  reassigned=cae.reassigned)
+    scale = xc.shape[0] * ds.n_genes
+    runs = {"cae": swap_refine(xc, cae.indices, allowed=allowed, fixed=con.include)}
+    greedy, _ = greedy_panel(ds, cfg.k, allowed if con.active else None, con.include)
+    runs["greedy"] = swap_refine(xc, greedy, allowed=allowed, fixed=con.include)
+    gap = runs["cae"].objective_end / runs["greedy"].objective_end - 1.0
+    kept = "cae" if gap < -TIE_RTOL else "greedy"
+    final = runs[kept].panel
+    # Node order: genes the autoencoder chose keep their node, new genes fill the rest.
+    new = iter(g for g in final if g not in set(cae.indices.tolist()))
+    fset = set(final.tolist())
+    indices = np.array([g if g in fset else next(new) for g in cae.indices], np.int64)
+    panel = Panel(indices=indices, probability=cae.probability.copy(), reassigned=cae.reassigned)
     genes = ds.data.genes
+    changed = np.flatnonzero(indices != cae.indices)
     record = {
         "enabled": True,
-        "method": "exact swap search on the training rows' linear refit error "
-                  "(best single swap per round, until none improves)",
-        "swaps": sw.swaps,
+        "method": "exact swap search on the training rows' linear refit error (best single "
+                  "swap per round until none improves), from the autoencoder's panel and "
+                  "from the greedy panel; the lower training error is kept, ties within "
+                  f"{TIE_RTOL:g} go to the greedy start",
+        "kept_start": kept,
         "genes_replaced": len(changed),
-        "converged": sw.converged,
         "train_rows": int(xc.shape[0]),
-        "train_refit_mse_before": sw.objective_start / (xc.shape[0] * d),
-        "train_refit_mse_after": sw.objective_end / (xc.shape[0] * d),
+        "train_refit_mse_cae": runs["cae"].objective_start / scale,
+        "starts": {
+            name: {"swaps": r.swaps, "converged": r.converged,
+                   "train_refit_mse_before": r.objective_start / scale,
+                   "train_refit_mse_after": r.objective_end / scale}
+            for name, r in runs.items()
+        },
+        "train_refit_mse_final": runs[kept].objective_end / scale,
         "replaced": [{"node": int(i), "out": genes[int(cae.indices[i])],
-                      "in": genes[int(sw.panel[i])]} for i in changed],
+                      "in": genes[int(indices[i])]} for i in changed],
         "seconds": time.perf_counter() - t,
     }
     return panel, record

@@ -47,6 +47,7 @@ class Dataset:
     classes: list[str] = field(default_factory=list)
     label_codes: np.ndarray | None = None
     eval_labels: np.ndarray | None = None
+    cache: dict = field(default_factory=dict)
     _train_rows: np.ndarray | None = None
     _train_x: np.ndarray | None = None
     _train_xc: np.ndarray | None = None
@@ -133,3 +134,4 @@ class Dataset:
     def release(self) -> None:
         """Drop the dense selector copies (the row sources stay)."""
         self._train_x = self._train_xc = None
+        self.cache.clear()
