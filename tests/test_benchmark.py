@@ -176,17 +176,19 @@ def test_benchmark_command_end_to_end(labelled_h5ad, tmp_path):
             "panels.tsv"} <= names
     assert not (tmp_path / "bench.partial").exists()
     table = pd.read_csv(out / "benchmark.tsv", sep="\t").set_index("method")
-    assert list(table.index) == ["cae", "random", "hvg", "laplacian", "pfa", "pca"]
+    assert list(table.index) == ["cae", "cae_unrefined", "greedy", "topvar", "random", "hvg",
+                                 "laplacian", "pfa", "pca"]
     mse = table["linear_test_mse"]
     rec = json.loads((out / "benchmark.json").read_text())
     assert mse["cae"] < min(rec["random_panel_test_mse"])
     assert mse["pca"] <= mse.drop("pca").min() + 1e-9
-    assert table.loc[["cae", "random", "hvg", "laplacian", "pfa"], "accuracy"].between(0, 1).all()
+    assert table.loc[["cae", "greedy", "random", "hvg", "laplacian", "pfa"],
+                     "accuracy"].between(0, 1).all()
     # the selector measures (nearly) every planted module once
     assert len(set(module[rec["panels"]["cae"]["indices"]].tolist())) >= 4
     assert rec["labels"]["column"] == "state" and len(rec["random_panel_test_mse"]) == 5
     md = (out / "benchmark.md").read_text()
-    assert "| concrete autoencoder |" in md and "ExtraTrees accuracy" in md
+    assert "| concrete autoencoder + swap refinement |" in md and "ExtraTrees accuracy" in md
     assert (out / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
 
 
