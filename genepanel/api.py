@@ -110,7 +110,8 @@ def select_panel(
     on_epoch
         Called with each epoch's history record (for progress display).
     evaluate_baselines
-        Also score random and highly-variable-gene panels and the PCA bound.
+        Also score greedy, top-variance, highly-variable-gene and random panels and
+        the PCA bound.
     stop_after_epochs
         Testing aid: interrupt (with a checkpoint) after that many epochs.
     """

@@ -98,58 +98,6 @@ def linear_test_mse(
     return {name: v / total for name, v in sse.items()}
 
 
-def pca_bound(
-    data: ExpressionData,
-    pre: Preprocessor,
-    train_rows: np.ndarray,
-    test_rows: np.ndarray,
-    k: int,
-    seed: int,
-    max_rows: int = 20000,
-    batch: int = 2048,
-) -> dict[str, float]:
-    """Test MSE of the best rank-``k`` affine reconstruction fitted on training rows.
-
-    PCA is not a panel: it may use every gene, so it bounds what any panel of ``k``
-    genes with a linear decoder can reach. At most ``max_rows`` training rows (a
-    random subset) are used to fit it.
-    """
-    from sklearn.decomposition import PCA, IncrementalPCA
-
-    rng = np.random.default_rng([seed, 7])
-    fit_rows = train_rows
-    if len(fit_rows) > max_rows:
-        fit_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
-    d = data.shape[1]
-    n_comp = int(min(k, len(fit_rows), d))
-    if len(fit_rows) * d * 4 <= 2**28:
-        x = np.concatenate(list(_batches(data, pre, fit_rows, batch)))
-        pca = PCA(n_components=n_comp, random_state=seed).fit(x)
-        del x
-    else:  # streamed: memory stays at one batch plus the components
-        step = max(batch, n_comp)
-        pca = IncrementalPCA(n_components=n_comp, batch_size=step)
-        for xb in _batches(data, pre, fit_rows, step):
-            if len(xb) >= n_comp:
-                pca.partial_fit(xb)
-    sse = 0.0
-    for xb in _batches(data, pre, test_rows, batch):
-        sse += float(np.sum(np.square(pca.inverse_transform(pca.transform(xb)) - xb)))
-    return {"mse": sse / (len(test_rows) * d), "components": n_comp, "fit_rows": len(fit_rows)}
-
-
-def test_variance(data: ExpressionData, pre: Preprocessor, rows: np.ndarray) -> float:
-    """Mean per-gene variance of the preprocessed ``rows``: the MSE of predicting each mean."""
-    s1 = np.zeros(data.shape[1])
-    s2 = np.zeros(data.shape[1])
-    for xb in _batches(data, pre, rows, 4096):
-        xb64 = xb.astype(np.float64)
-        s1 += xb64.sum(0)
-        s2 += (xb64 * xb64).sum(0)
-    mean = s1 / len(rows)
-    return float(np.mean(s2 / len(rows) - mean * mean))
-
-
 def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
     """``n`` random panels of ``k`` distinct genes out of ``d``."""
     rng = np.random.default_rng([seed, 11])
