@@ -12,6 +12,7 @@ subsets::
 
     python benchmarks/quality.py --datasets pbmc_raw,flu --ks 25,50
     python benchmarks/quality.py --stability          # seeds 0-4 and 1 vs 4 CPU devices
+    python benchmarks/quality.py --speed              # greedy + swap on 2,000 × 33,000
     python benchmarks/quality.py --write-only         # rebuild quality.md from results
 
 Data sets: ``pbmc_raw`` / ``pbmc_scaled`` (scanpy's ``pbmc68k_reduced`` ``.raw`` and
@@ -160,6 +161,32 @@ def stability() -> dict:
     return out
 
 
+def speed(n: int = 2000, d: int = 33000, k: int = 50) -> dict:
+    """Greedy selection and the swap search on a synthetic n × d matrix (rank 200 + noise)."""
+    import resource
+
+    from genepanel.selectors import centred, greedy_css, swap_refine
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(n, 200)).astype(np.float32)
+         @ rng.normal(size=(200, d)).astype(np.float32))
+    x += rng.normal(size=(n, d)).astype(np.float32)
+    t = time.perf_counter()
+    xc = centred(x)
+    del x
+    t_centre = time.perf_counter() - t
+    t = time.perf_counter()
+    g = greedy_css(xc, k)
+    t_greedy = time.perf_counter() - t
+    t = time.perf_counter()
+    sw = swap_refine(xc, g)
+    t_swap = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    return {"n": n, "d": d, "k": k, "centre_s": t_centre, "greedy_s": t_greedy,
+            "swap_s": t_swap, "swaps": sw.swaps, "swap_converged": sw.converged,
+            "peak_rss_gib": peak, "date": dt.date.today().isoformat()}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -266,6 +293,16 @@ def write_report() -> str:
                       f"{dv['final_test_mse'][0]:.4f} vs {dv['final_test_mse'][1]:.4f}); "
                       f"before refinement Jaccard {dv['unrefined_jaccard']:.2f} "
                       f"({dv['unrefined_test_mse'][0]:.4f} vs {dv['unrefined_test_mse'][1]:.4f})."]
+    sp_path = RESULTS / "speed.json"
+    if sp_path.exists():
+        v = json.loads(sp_path.read_text())
+        lines += ["", "## Greedy selection and swap search on many genes", "",
+                  f"Synthetic {v['n']:,} rows × {v['d']:,} genes (rank 200 + noise), "
+                  f"k = {v['k']}, float64, measured {v['date']}: centring "
+                  f"{v['centre_s']:.1f} s, greedy selection {v['greedy_s']:.1f} s, swap "
+                  f"search from the greedy panel {v['swap_s']:.1f} s ({v['swaps']} swaps, "
+                  f"{'converged' if v['swap_converged'] else 'not converged'}); peak "
+                  f"resident memory of the process {v['peak_rss_gib']:.1f} GiB."]
     text = "\n".join(lines) + "\n"
     notes = OUT.read_text().split("<!-- notes -->", 1)[1] if OUT.exists() and \
         "<!-- notes -->" in OUT.read_text() else ""
@@ -280,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--stability", action="store_true",
                     help="seeds 0-4 and 1 vs 4 devices on pbmc .raw, k = 50")
+    ap.add_argument("--speed", action="store_true",
+                    help="time greedy + swap on a synthetic 2,000 × 33,000 matrix")
     ap.add_argument("--write-only", action="store_true", help="only rebuild quality.md")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
                 df = pd.DataFrame(rec["rows"])[["method", "test_mse", "accuracy", "seconds"]]
                 print(f"{name} k={k} ({rec['seconds']:.0f} s)\n{df.to_string(index=False)}",
                       flush=True)
+        if args.speed:
+            (RESULTS / "speed.json").write_text(json.dumps(speed(), indent=1))
         if args.stability:
             (RESULTS / "stability.json").write_text(json.dumps(stability(), indent=1))
     print(write_report())
