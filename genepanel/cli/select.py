@@ -133,7 +133,7 @@ def select(
                      else f"not converged after {tr['epochs_run']} epochs")
             log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out, state)
             for line in summary_lines(res.run):
-                log.info(line)
+                (log.warning if line.startswith("warning:") else log.info)(line)
             if res.stability is not None:
                 st = res.stability["summary"]
                 log.info("%d restarts: mean Jaccard %.2f, %d genes in every panel, kept seed %d",
