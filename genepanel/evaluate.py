@@ -2,7 +2,11 @@
 
 All metrics are mean squared errors over every entry of the preprocessed test matrix
 (``‖X̂ − X‖²_F / (n·d)``, the paper's metric). Data are streamed in row batches, so a
-sparse matrix is never densified whole.
+sparse matrix is never densified whole. :func:`score` is the one scoring function of
+``select`` and ``benchmark``: every panel, the PCA bound and (with labels) ExtraTrees
+accuracy from one pass over the training rows and one over the test rows of a
+:class:`~genepanel.dataset.Dataset`, returned as :class:`Scores`. :func:`fit_linear` and
+:func:`linear_test_mse` stay for callers that hold no ``Dataset`` (``compare``).
 """
 
 from __future__ import annotations
