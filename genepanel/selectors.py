@@ -153,7 +153,7 @@ class SwapResult:
     objective_start: float
     objective_end: float
     swaps: int
-    sweeps: int  # rounds of scoring every (position, gene) pair
+    rounds: int  # times every (position, gene) pair was scored
     converged: bool
     history: tuple[float, ...] = ()
 
@@ -269,7 +269,7 @@ def swap_refine(
         history.append(float(g.sum()))
     end = refit_objective(xc, p)
     return SwapResult(panel=np.asarray(p, dtype=np.int64), objective_start=start,
-                      objective_end=end, swaps=swaps, sweeps=swaps + 1,
+                      objective_end=end, swaps=swaps, rounds=swaps + int(converged),
                       converged=converged, history=tuple(history))
 
 
