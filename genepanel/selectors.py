@@ -145,7 +145,7 @@ class SwapResult:
     ``panel`` keeps the input order: position ``i`` holds the input's gene ``i`` or the
     gene that replaced it.
     ``objective_start``/``objective_end`` are the training residual sums of squares
-    (recomputed exactly, not from the updates); ``converged`` says the last sweep
+    (recomputed exactly, not from the updates); ``converged`` says the last round
     found no improving swap (a local optimum), otherwise ``max_swaps`` ran out.
     """
 
