@@ -18,7 +18,8 @@ subsets::
 Data sets: ``pbmc_raw`` / ``pbmc_scaled`` (scanpy's ``pbmc68k_reduced`` ``.raw`` and
 ``.X``, 72/8/20 split with seed 0, labels ``bulk_labels``), ``flu`` (GSE30550, 4 whole
 subjects held out for test and 1 for validation), ``mnist`` (the MNIST test set: first
-6,000 rows train (the last 600 of them validation), the other 4,000 test),
+6,000 rows train (the last 600 of them validation), the other 4,000 test), ``fashion``
+(Fashion-MNIST test set, the same split),
 ``celltypist`` (the celltypist sample, genes in ≥ 20 cells, ``--preprocess log1p``,
 72/8/20), ``bladder`` (GSE3167, 72/8/20).
 """
@@ -47,7 +48,8 @@ METHODS = ("cae", "greedy", "topvar", "random", "hvg", "pca")
 ROW_ORDER = ("cae", "cae_unrefined", "greedy", "topvar", "hvg", "random", "pca")
 NAMES = {"pbmc_raw": "pbmc68k_reduced .raw (log-normalised)",
          "pbmc_scaled": "pbmc68k_reduced .X (scaled)", "flu": "flu bulk GSE30550",
-         "mnist": "MNIST test set", "celltypist": "celltypist PBMC sample (log1p)",
+         "mnist": "MNIST test set", "fashion": "Fashion-MNIST test set",
+         "celltypist": "celltypist PBMC sample (log1p)",
          "bladder": "bladder GSE3167"}
 
 
@@ -74,8 +76,8 @@ def load(name: str):
         data.obs["split"] = np.where(np.isin(subj, list(test)), "test",
                                      np.where(np.isin(subj, list(val)), "val", "train"))
         return data, {"split.column": "split"}, None
-    if name == "mnist":
-        data = read_npz(DATA / "mnist_test.npz")
+    if name in ("mnist", "fashion"):
+        data = read_npz(DATA / ("mnist_test.npz" if name == "mnist" else "fashion_mnist_test.npz"))
         part = np.array(["train"] * 5400 + ["val"] * 600 + ["test"] * 4000)
         data.obs["split"] = part
         return data, {"split.column": "split"}, "y"
