@@ -16,16 +16,10 @@ import pandas as pd
 from genepanel.config import SelectConfig
 from genepanel.constraints import Constraints
 from genepanel.constraints import resolve as resolve_constraints
-from genepanel.data import Preprocessor, Split, label_codes, make_split, resolve_labels
+from genepanel.data import Split
+from genepanel.dataset import Dataset
 from genepanel.errors import DataError, UsageError
-from genepanel.evaluate import (
-    fit_linear,
-    hvg_panel,
-    linear_test_mse,
-    pca_bound,
-    random_panels,
-    test_variance,
-)
+from genepanel.evaluate import Scores, random_panels, score
 from genepanel.io import (
     ExpressionData,
     OutputDir,
@@ -41,14 +35,8 @@ from genepanel.panel import Panel, extract_panel, panel_table, related_groups
 from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
-from genepanel.train import (
-    FitResult,
-    RowSource,
-    Trainer,
-    convergence_note,
-    eval_chunk,
-    fit,
-)
+from genepanel.selectors import Selected, greedy_panel, run_selector, swap_refine
+from genepanel.train import FitResult, Trainer, convergence_note, eval_chunk, fit
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata as ad
@@ -56,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("genepanel")
 
 N_RANDOM_PANELS = 5
-VAL_ROWS = 8192
 HISTORY_COLUMNS = (
     "epoch", "epochs", "temperature", "mean_max_prob", "train_loss", "val_loss",
     "val_accuracy", "collisions", "unique_genes", "seconds",
@@ -79,6 +66,7 @@ class SelectResult:
     out: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     stability: dict[str, Any] | None = None
+    cae_panel: Panel | None = None
 
 
 def load_input(path: Any, cfg: SelectConfig) -> ExpressionData:
@@ -95,62 +83,6 @@ def load_input(path: Any, cfg: SelectConfig) -> ExpressionData:
     return read_matrix(
         path, layer=i.layer, gene_column=i.gene_column, dataset=i.dataset, genes=i.genes,
         genes_by_samples=i.genes_by_samples, stream=stream,
-    )
-
-
-@dataclass
-class _Prepared:
-    """Loaded data, split, fitted preprocessing and row sources, shared by every panel."""
-
-    data: ExpressionData
-    split: Split
-    pre: Preprocessor
-    train: RowSource
-    val: RowSource | None
-    test: RowSource
-    timings: dict[str, float]
-    classes: list[str] = field(default_factory=list)
-    label_codes: np.ndarray | None = None
-    variance: np.ndarray | None = None  # per-gene training variance, for the prefilter
-    constant: np.ndarray | None = None  # per-gene training value where constant, else NaN
-
-
-def _prepare(data: ExpressionData, cfg: SelectConfig) -> _Prepared:
-    t = time.perf_counter()
-    n, d = data.shape
-    split = make_split(n, cfg.split, cfg.seed, data.obs)
-    pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(data, split.train)
-    budget = cfg.train.device_memory_budget_gb * 2**30
-    # Fast path: the training matrix lives on the device. Several processes stream
-    # instead, each reading only its own rows of every minibatch.
-    materialize = (
-        len(split.train) * d * 4 <= budget and jax.process_count() == 1 and not data.is_backed
-    )
-    codes, classes = None, []
-    if cfg.labels is not None:
-        codes, classes = label_codes(resolve_labels(data, cfg.labels))
-        if len(np.unique(codes[split.train][codes[split.train] >= 0])) < 2:
-            msg = (f"labels column '{cfg.labels}' has fewer than two classes among the "
-                   "training samples; supervised panels need at least two")
-            raise DataError(msg)
-    lab = {"labels": codes, "n_classes": len(classes)}
-    # The per-epoch validation error (history, choice among restarts) uses at most
-    # VAL_ROWS rows, so that an epoch never rereads a large validation set from disk.
-    val_rows = split.val
-    if len(val_rows) > VAL_ROWS:
-        val_rows = np.sort(np.random.default_rng([cfg.seed, 17]).choice(val_rows, VAL_ROWS,
-                                                                          replace=False))
-    return _Prepared(
-        data=data,
-        split=split,
-        pre=pre,
-        train=RowSource(data, pre, split.train, materialize=materialize, **lab),
-        val=(RowSource(data, pre, val_rows, materialize=materialize, **lab)
-             if len(val_rows) else None),
-        test=RowSource(data, pre, split.test, materialize=False, **lab),
-        timings={"preprocess": time.perf_counter() - t},
-        classes=classes,
-        label_codes=codes,
     )
 
 
@@ -190,7 +122,8 @@ def select_panel(
     on_epoch
         Called with each epoch's history record (for progress display).
     evaluate_baselines
-        Also score random and highly-variable-gene panels and the PCA bound.
+        Also score greedy, top-variance, highly-variable-gene and random panels and
+        the PCA bound.
     stop_after_epochs
         Testing aid: interrupt (with a checkpoint) after that many epochs.
     """
@@ -242,7 +175,7 @@ def select_panels(
     hint = counts_hint(data, cfg.preprocess) if is_main_process() else None
     if hint:
         log.warning(hint)
-    prep = _prepare(data, cfg)
+    prep = Dataset.build(data, cfg)
     prep.timings["load"] = load_s
 
     main = is_main_process()
@@ -271,8 +204,179 @@ def select_panels(
     return results
 
 
+@dataclass
+class _Trained:
+    """The concrete autoencoder's outcome on one panel size (before any refinement)."""
+
+    trainer: Trainer
+    result: FitResult
+    logits: np.ndarray
+    panel: Panel
+    best: int
+    stability: dict[str, Any] | None
+    seconds: float
+    prefilter: Any = None  # the candidate prefilter (None: the selector saw every gene)
+
+
+def _train(
+    ds: Dataset,
+    cfg: SelectConfig,
+    con: Constraints,
+    folder: Path | None,
+    staging: Path | None,
+    *,
+    resume: bool,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+    stop_after_epochs: int | None,
+) -> _Trained:
+    t = time.perf_counter()
+    d = ds.n_genes
+    n_lab = len(ds.classes)
+    mask = con.mask(cfg.k) if con.active or n_lab else None
+    if mask is not None and n_lab:  # the label columns are never selectable
+        mask = np.concatenate([mask, np.zeros((cfg.k, n_lab), bool)], axis=1)
+    pf = _prefilter(ds, cfg, con)
+    trainer = Trainer(cfg.k, d + n_lab, cfg.model.hidden, cfg.train, cfg.seed, data_mesh(),
+                      mask=mask, n_labels=n_lab, label_weight=cfg.label_weight,
+                      columns=None if pf is None else pf.columns, constant=_constant_genes(ds))
+    fits_by_seed, val_mse = [], []
+    for r in range(cfg.train.restarts):
+        ckpt = None
+        if staging is not None:
+            tag = "" if folder == staging else f"{folder.name}_"
+            ckpt = staging / "checkpoints" / f"{tag}state{'' if r == 0 else f'_r{r}'}.msgpack"
+        if on_epoch is not None and cfg.train.restarts > 1:
+            on_epoch({"run": r + 1, "runs": cfg.train.restarts, "seed": cfg.seed + r})
+        result = fit(trainer, ds.train, ds.val, on_epoch=on_epoch, checkpoint=ckpt,
+                     resume=resume, stop_after_epochs=stop_after_epochs, seed=cfg.seed + r)
+        fits_by_seed.append(result)
+        last = result.history[-1] if result.history else {}
+        val_mse.append(last.get("val_loss", float("nan")) if ds.val is not None
+                       else last.get("train_loss", float("nan")))
+    best = int(np.nanargmin(val_mse)) if np.isfinite(val_mse).any() else 0
+    result = fits_by_seed[best]
+    logits = np.asarray(result.params["selector"]["logits"])[:, :d]
+    stability = None
+    if cfg.train.restarts > 1:
+        panels = [extract_panel(np.asarray(f.params["selector"]["logits"])[:, :d]).indices
+                  for f in fits_by_seed]
+        stability = panel_stability(panels, ds.data.genes, val_mse, best, cfg.seed)
+    return _Trained(trainer, result, logits, extract_panel(logits), best, stability,
+                    time.perf_counter() - t, pf)
+
+
+#: Swap optima whose training refit errors differ by less than this fraction count as tied.
+TIE_RTOL = 1e-4
+
+
+def refine_panel(
+    ds: Dataset, cfg: SelectConfig, con: Constraints, cae: Panel
+) -> tuple[Panel, dict[str, Any]]:
+    """Swap-refine the concrete autoencoder's panel on the training rows (if enabled).
+
+    The exact swap search (:func:`~genepanel.selectors.swap_refine`) runs from the
+    autoencoder's panel and from the greedy panel; the local optimum with the lower
+    training refit error is kept. Local optima of this objective often differ by a few
+    genes at training errors equal to 1e-5 of each other; such ties (within
+    :data:`TIE_RTOL`) go to the greedy start, which does not depend on the seed or the
+    number of devices, so that the panel is reproducible. Returns the final panel (genes
+    it shares with the autoencoder's panel keep their node; the others fill the
+    remaining nodes) and a record for ``run.json``. Refinement runs for unsupervised
+    panels with the linear decoder only: it optimises the linear refit error, which is
+    not what a supervised or MLP panel was trained for.
+    """
+    if not cfg.refine:
+        return cae, {"enabled": False, "reason": "turned off (--no-refine)"}
+    if cfg.labels is not None or cfg.model.decoder != "linear":
+        why = "supervised panel" if cfg.labels is not None else "MLP decoder"
+        return cae, {"enabled": False,
+                     "reason": f"{why}: the swap search optimises the linear refit error"}
+    t = time.perf_counter()
+    xc = ds.train_centred()
+    allowed = con.allowed.copy()
+    allowed[list(con.include)] = True
+    scale = xc.shape[0] * ds.n_genes
+    runs = {"cae": swap_refine(xc, cae.indices, allowed=allowed, fixed=con.include)}
+    greedy, _ = greedy_panel(ds, cfg.k, allowed if con.active else None, con.include)
+    runs["greedy"] = swap_refine(xc, greedy, allowed=allowed, fixed=con.include)
+    gap = runs["cae"].objective_end / runs["greedy"].objective_end - 1.0
+    kept = "cae" if gap < -TIE_RTOL else "greedy"
+    final = runs[kept].panel
+    # Node order: genes the autoencoder chose keep their node, new genes fill the rest.
+    new = iter(g for g in final if g not in set(cae.indices.tolist()))
+    fset = set(final.tolist())
+    indices = np.array([g if g in fset else next(new) for g in cae.indices], np.int64)
+    panel = Panel(indices=indices, probability=cae.probability.copy(), reassigned=cae.reassigned)
+    genes = ds.data.genes
+    changed = np.flatnonzero(indices != cae.indices)
+    record = {
+        "enabled": True,
+        "method": "exact swap search on the training rows' linear refit error (best single "
+                  "swap per round until none improves), from the autoencoder's panel and "
+                  "from the greedy panel; the lower training error is kept, ties within "
+                  f"{TIE_RTOL:g} go to the greedy start",
+        "kept_start": kept,
+        "genes_replaced": len(changed),
+        "train_rows": int(xc.shape[0]),
+        "train_refit_mse_cae": runs["cae"].objective_start / scale,
+        "starts": {
+            name: {"swaps": r.swaps, "converged": r.converged,
+                   "train_refit_mse_before": r.objective_start / scale,
+                   "train_refit_mse_after": r.objective_end / scale}
+            for name, r in runs.items()
+        },
+        "train_refit_mse_final": runs[kept].objective_end / scale,
+        "replaced": [{"node": int(i), "out": genes[int(cae.indices[i])],
+                      "in": genes[int(indices[i])]} for i in changed],
+        "seconds": time.perf_counter() - t,
+    }
+    return panel, record
+
+
+def _probabilities(logits: np.ndarray, panel: Panel) -> np.ndarray:
+    from scipy.special import softmax
+
+    probs = softmax(np.asarray(logits, np.float64), axis=-1)
+    return probs[np.arange(len(panel.indices)), panel.indices].astype(np.float32)
+
+
+def baseline_panels(
+    ds: Dataset, cfg: SelectConfig, con: Constraints | None = None,
+    names: tuple[str, ...] = ("greedy", "topvar", "hvg"), n_random: int = N_RANDOM_PANELS,
+) -> tuple[dict[str, np.ndarray], dict[str, Selected]]:
+    """Baseline panels from the selector registry (``random_0`` … for random panels).
+
+    With constraints, greedy and top-variance panels choose among the allowed genes
+    (the others ignore them).
+    """
+    allowed = None
+    if con is not None and con.active:
+        allowed = con.allowed.copy()
+        allowed[list(con.include)] = True
+    panels: dict[str, np.ndarray] = {}
+    chosen: dict[str, Selected] = {}
+    for name in names:
+        if name == "random":
+            t = time.perf_counter()
+            for i, p in enumerate(random_panels(ds.n_genes, cfg.k, cfg.seed, n_random)):
+                panels[f"random_{i}"] = p
+            chosen["random"] = Selected("random", panels["random_0"],
+                                        time.perf_counter() - t,
+                                        f"mean ± sd of {n_random} panels")
+            continue
+        sel = run_selector(name, ds, cfg.k, seed=cfg.seed,
+                           allowed=allowed if name in ("greedy", "topvar") else None)
+        panels[name] = sel.indices
+        chosen[name] = sel
+    return panels, chosen
+
+
+#: Baselines ``select`` scores beside the panel (``--baselines``).
+SELECT_BASELINES = ("greedy", "topvar", "hvg", "random")
+
+
 def _select_one(
-    prep: _Prepared,
+    ds: Dataset,
     cfg: SelectConfig,
     con: Constraints,
     folder: Path | None,
@@ -283,147 +387,195 @@ def _select_one(
     evaluate_baselines: bool,
     stop_after_epochs: int | None,
 ) -> SelectResult:
-    data, split, pre = prep.data, prep.split, prep.pre
-    d = data.shape[1]
-    timings = dict(prep.timings)
-    t = time.perf_counter()
-    n_lab = len(prep.classes)
-    mask = con.mask(cfg.k) if con.active or n_lab else None
-    if mask is not None and n_lab:  # the label columns are never selectable
-        mask = np.concatenate([mask, np.zeros((cfg.k, n_lab), bool)], axis=1)
-    pf = _prefilter(prep, cfg, con)
-    if prep.constant is None:
-        from genepanel.prefilter import constant_genes
+    data = ds.data
+    timings = dict(ds.timings)
+    tr = _train(ds, cfg, con, folder, staging, resume=resume, on_epoch=on_epoch,
+                stop_after_epochs=stop_after_epochs)
+    timings["train"] = tr.seconds
+    result, n_lab = tr.result, len(ds.classes)
 
-        prep.constant = constant_genes(prep.train)[:d]
-    trainer = Trainer(cfg.k, d + n_lab, cfg.model.hidden, cfg.train, cfg.seed, data_mesh(),
-                      mask=mask, n_labels=n_lab, label_weight=cfg.label_weight,
-                      columns=None if pf is None else pf.columns, constant=prep.constant)
-    fits_by_seed, val_mse = [], []
-    for r in range(cfg.train.restarts):
-        ckpt = None
-        if staging is not None:
-            tag = "" if folder == staging else f"{folder.name}_"
-            ckpt = staging / "checkpoints" / f"{tag}state{'' if r == 0 else f'_r{r}'}.msgpack"
-        if on_epoch is not None and cfg.train.restarts > 1:
-            on_epoch({"run": r + 1, "runs": cfg.train.restarts, "seed": cfg.seed + r})
-        result = fit(trainer, prep.train, prep.val, on_epoch=on_epoch, checkpoint=ckpt,
-                     resume=resume, stop_after_epochs=stop_after_epochs, seed=cfg.seed + r)
-        fits_by_seed.append(result)
-        last = result.history[-1] if result.history else {}
-        val_mse.append(last.get("val_loss", float("nan")) if prep.val is not None
-                       else last.get("train_loss", float("nan")))
-    best = int(np.nanargmin(val_mse)) if np.isfinite(val_mse).any() else 0
-    result = fits_by_seed[best]
-    timings["train"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    logits = np.asarray(result.params["selector"]["logits"])[:, :d]
-    panel = extract_panel(logits)
+    panel, refinement = refine_panel(ds, cfg, con, tr.panel)
+    refined = refinement.get("genes_replaced", 0) > 0
+    if refined:
+        panel = Panel(panel.indices, _probabilities(tr.logits, panel), panel.reassigned)
+    timings["refine"] = refinement.get("seconds", 0.0)
     table = panel_table(panel, data.genes, fixed=len(con.include))
-    groups = related_groups(logits, data.genes, panel, cfg.n_related)
-    stability = None
-    if cfg.train.restarts > 1:
-        panels = [extract_panel(np.asarray(f.params["selector"]["logits"])[:, :d]).indices
-                  for f in fits_by_seed]
-        stability = panel_stability(panels, data.genes, val_mse, best, cfg.seed)
+    table["refined"] = panel.indices != tr.panel.indices
+    groups = related_groups(tr.logits, data.genes, panel, cfg.n_related)
 
-    chunk = eval_chunk(prep.test.n, trainer.n_devices)
-    test_eval = trainer.evaluate(result.params, prep.test, panel.indices, chunk)
-    metrics: dict[str, Any] = {"trained_decoder_test_mse": test_eval["mse"]}
-    if n_lab:
-        metrics["trained_decoder_test_accuracy"] = test_eval["accuracy"]
-        metrics["trained_decoder_test_cross_entropy"] = test_eval["cross_entropy"]
-    panels_to_score = {"cae": panel.indices}
-    # The HVG and PCA baselines see a random subset of training rows whose dense copy
-    # stays within a quarter of the host memory budget.
-    rows_cap = max(1000, int(cfg.input.host_memory_budget_gb * 2**30 / (4 * 4 * d)))
+    t = time.perf_counter()
+    chunk = eval_chunk(ds.test.n, tr.trainer.n_devices)
+    test_eval = tr.trainer.evaluate(result.params, ds.test, tr.panel.indices, chunk)
+    panels: dict[str, np.ndarray] = {"cae": panel.indices}
+    if refined:
+        panels["cae_unrefined"] = tr.panel.indices
+    chosen: dict[str, Selected] = {}
     if evaluate_baselines:
-        for i, p in enumerate(random_panels(d, cfg.k, cfg.seed, N_RANDOM_PANELS)):
-            panels_to_score[f"random_{i}"] = p
-        panels_to_score["hvg"], hvg_method = hvg_panel(
-            data, pre, split.train, cfg.k, max_rows=rows_cap, seed=cfg.seed
-        )
-    fits = fit_linear(data, pre, split.train, panels_to_score)
-    mse = linear_test_mse(data, pre, split.test, fits)
-    metrics["linear_refit_test_mse"] = mse["cae"]
-    if evaluate_baselines:
-        rand = np.array([mse[f"random_{i}"] for i in range(N_RANDOM_PANELS)])
-        metrics["random_panel_test_mse"] = {
-            "mean": float(rand.mean()), "sd": float(rand.std(ddof=1)),
-            "min": float(rand.min()), "n_panels": N_RANDOM_PANELS,
-        }
-        metrics["hvg_panel_test_mse"] = mse["hvg"]
-        metrics["hvg_method"] = hvg_method
-        pca = pca_bound(data, pre, split.train, split.test, cfg.k, cfg.seed, max_rows=rows_cap)
-        metrics["pca_bound_test_mse"] = pca["mse"]
-        metrics["pca_components"] = pca["components"]
+        extra, chosen = baseline_panels(ds, cfg, con, SELECT_BASELINES)
+        panels.update(extra)
+    timings["baselines"] = time.perf_counter() - t
+    t = time.perf_counter()
+    labels = None
     if n_lab:
-        metrics["extra_trees_test_accuracy"] = _extra_trees(prep, panels_to_score, cfg.seed)
-    metrics["test_variance"] = test_variance(data, pre, split.test)
+        labels = np.where(ds.label_codes >= 0, ds.label_codes.astype(str), "")
+    scores = score(ds, panels, pca_k=cfg.k if evaluate_baselines else None, labels=labels,
+                   seed=cfg.seed)
+    metrics = _metrics(scores, test_eval, refinement, chosen, refined=refined, n_lab=n_lab)
     timings["evaluate"] = time.perf_counter() - t
 
+    fits = scores.fits
+    if refined:
+        # The trained decoder reads the autoencoder's panel; the saved decoder must read
+        # the final one: the refit linear decoder (the trained one is linear too).
+        params = {"out": {"kernel": fits["cae"].coef, "bias": fits["cae"].intercept}}
+    else:
+        params = result.params["decoder"]
     model = FittedModel(
         panel_genes=[data.genes[i] for i in panel.indices],
         genes=list(data.genes),
         panel_index=panel.indices,
         hidden=tuple(cfg.model.hidden),
-        params=result.params["decoder"],
+        params=params,
         linear=fits["cae"],
-        pre=pre,
-        meta={"config": cfg.to_dict(), "seed": cfg.seed + best, "versions": versions(),
-              "source": data.source, "metrics": metrics, "label_classes": prep.classes,
+        pre=ds.pre,
+        meta={"config": cfg.to_dict(), "seed": cfg.seed + tr.best, "versions": versions(),
+              "source": data.source, "metrics": metrics, "label_classes": ds.classes,
               "labels_key": cfg.labels},
     )
     timings["total"] = sum(timings.values())
-    run = _run_record(cfg, data, split, result, panel, metrics, timings)
+    run = _run_record(cfg, data, ds.split, result, panel, metrics, timings)
+    trainer = tr.trainer
     run["training"]["candidate_genes"] = trainer.width
-    run["training"]["constant_genes"] = d + n_lab - trainer.n_out
-    run["training"]["prefilter"] = None if pf is None else pf.report
+    run["training"]["constant_genes"] = ds.n_genes + n_lab - trainer.n_out
+    run["training"]["prefilter"] = None if tr.prefilter is None else tr.prefilter.report
     run["training"]["status"] = convergence_note(
-        result, cfg.train, n_genes=d, n_candidates=trainer.width, reassigned=panel.reassigned)
-    run["seed"] = cfg.seed + best
+        result, cfg.train, n_genes=ds.n_genes, n_candidates=trainer.width,
+        reassigned=tr.panel.reassigned)
+    run["seed"] = cfg.seed + tr.best
+    run["refinement"] = refinement
+    run["panels"] = _panels_record(scores, chosen, data.genes)
     if cfg.include or cfg.exclude or cfg.candidates:
         run["constraints"] = con.report
-    if stability is not None:
-        run["restarts"] = stability["summary"]
+    if tr.stability is not None:
+        run["restarts"] = tr.stability["summary"]
     return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
-                        fit=result, metrics=metrics, run=run, split=split, model=model,
-                        timings=timings, stability=stability)
+                        fit=result, metrics=metrics, run=run, split=ds.split, model=model,
+                        timings=timings, stability=tr.stability, cae_panel=tr.panel)
 
 
-def _prefilter(prep: _Prepared, cfg: SelectConfig, con: Constraints) -> Any:
+def _prefilter(ds: Dataset, cfg: SelectConfig, con: Constraints) -> Any:
     """The candidate prefilter for this panel (``None``: the selector sees every gene)."""
     from genepanel.prefilter import candidate_columns, gene_variance
 
     n = cfg.train.prefilter and max(cfg.train.prefilter, 10 * cfg.k)
     if n <= 0 or int(con.allowed.sum()) <= n:
         return None
-    if prep.variance is None:
-        prep.variance = gene_variance(prep.data, prep.pre, prep.split.train, seed=cfg.seed)
-    return candidate_columns(prep.data, prep.pre, prep.split.train, n, allowed=con.allowed,
-                             include=con.include, seed=cfg.seed, variance=prep.variance)
+    if "variance" not in ds.cache:
+        ds.cache["variance"] = gene_variance(ds.data, ds.pre, ds.split.train, seed=cfg.seed)
+    return candidate_columns(ds.data, ds.pre, ds.split.train, n, allowed=con.allowed,
+                             include=con.include, seed=cfg.seed, variance=ds.cache["variance"])
 
 
-def _extra_trees(prep: _Prepared, panels: dict[str, np.ndarray], seed: int) -> dict[str, float]:
-    """ExtraTrees test accuracy on each panel's genes (the paper's classification metric)."""
-    from genepanel.baselines import extra_trees_accuracy
+def _constant_genes(ds: Dataset) -> np.ndarray:
+    """Per-gene training value where a gene is constant on the training rows, else NaN."""
+    if "constant" not in ds.cache:
+        from genepanel.prefilter import constant_genes
 
-    codes = prep.label_codes
-    tr = prep.split.train[codes[prep.split.train] >= 0]
-    te = prep.split.test[codes[prep.split.test] >= 0]
-    if not len(te):
-        return {}
-    xtr = prep.pre.transform(prep.data.rows(tr))
-    xte = prep.pre.transform(prep.data.rows(te))
-    acc = {name: extra_trees_accuracy(xtr[:, p], codes[tr], xte[:, p], codes[te], seed=seed)
-           for name, p in panels.items()}
-    out = {"cae": acc.pop("cae")}
-    rand = [v for name, v in acc.items() if name.startswith("random_")]
+        ds.cache["constant"] = constant_genes(ds.train)[: ds.n_genes]
+    return ds.cache["constant"]
+
+
+def _metrics(
+    scores: Scores, test_eval: dict[str, float], refinement: dict[str, Any],
+    chosen: dict[str, Selected], *, refined: bool, n_lab: int,
+) -> dict[str, Any]:
+    """``run.json``'s metrics, rendered from the typed scores."""
+    mse = {name: s.test_mse for name, s in scores.panels.items()}
+    metrics: dict[str, Any] = {"linear_refit_test_mse": mse["cae"]}
+    if refined:
+        metrics["trained_decoder_test_mse"] = mse["cae"]
+        metrics["decoder"] = ("refit linear decoder of the final panel (the trained decoder "
+                              "was fitted to the autoencoder's panel before refinement)")
+        metrics["cae_trained_decoder_test_mse"] = test_eval["mse"]
+    else:
+        metrics["trained_decoder_test_mse"] = test_eval["mse"]
+    metrics["cae_linear_refit_test_mse"] = mse.get("cae_unrefined", mse["cae"])
+    if refinement.get("enabled"):
+        refinement["cae_linear_refit_test_mse"] = metrics["cae_linear_refit_test_mse"]
+        refinement["final_linear_refit_test_mse"] = mse["cae"]
+    if n_lab:
+        metrics["trained_decoder_test_accuracy"] = test_eval["accuracy"]
+        metrics["trained_decoder_test_cross_entropy"] = test_eval["cross_entropy"]
+    rand = np.array([v for name, v in mse.items() if name.startswith("random_")])
+    if len(rand):
+        metrics["random_panel_test_mse"] = {
+            "mean": float(rand.mean()), "sd": float(rand.std(ddof=1)) if len(rand) > 1 else None,
+            "min": float(rand.min()), "n_panels": len(rand),
+        }
+    for name in ("hvg", "topvar", "greedy"):
+        if name in mse:
+            metrics[f"{name}_panel_test_mse"] = mse[name]
+    if "hvg" in chosen:
+        metrics["hvg_method"] = chosen["hvg"].detail
+    if scores.pca is not None:
+        metrics["pca_bound_test_mse"] = scores.pca.test_mse
+        metrics["pca_components"] = scores.pca.components
+    if n_lab:
+        acc = {name: s.accuracy for name, s in scores.panels.items() if s.accuracy is not None}
+        trees: dict[str, float | None] = {"cae": acc.get("cae")}
+        racc = [v for name, v in acc.items() if name.startswith("random_")]
+        if racc:
+            trees["random_mean"] = float(np.mean(racc))
+        for name in ("hvg", "topvar", "greedy"):
+            if name in acc:
+                trees[name] = acc[name]
+        metrics["extra_trees_test_accuracy"] = trees
+    metrics["test_variance"] = scores.test_variance
+    metrics["baselines_better_than_panel"] = beaten_by(scores)
+    return metrics
+
+
+def beaten_by(scores: Scores, panel: str = "cae") -> list[dict[str, Any]]:
+    """Baselines with a lower held-out refit error than ``panel`` (lowest first).
+
+    Random panels count through their mean; panels whose refit is not determined
+    (``k`` ≥ training rows − 1) never count.
+    """
+    own = scores.panels[panel]
+    if not own.determined:
+        return []
+    cands: dict[str, float] = {}
+    rand = [s.test_mse for n, s in scores.panels.items() if n.startswith("random_")]
     if rand:
-        out["random_mean"] = float(np.mean(rand))
-    if "hvg" in acc:
-        out["hvg"] = acc["hvg"]
+        cands["random"] = float(np.mean(rand))
+    for name, s in scores.panels.items():
+        if name in (panel, "cae_unrefined") or name.startswith("random_") or not s.determined:
+            continue
+        cands[name] = s.test_mse
+    return [{"method": m, "test_mse": v, "panel_test_mse": own.test_mse,
+             "panel_higher_by": own.test_mse / v - 1.0}
+            for m, v in sorted(cands.items(), key=lambda kv: kv[1]) if v < own.test_mse]
+
+
+def _panels_record(
+    scores: Scores, chosen: dict[str, Selected], genes: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, s in scores.panels.items():
+        base = "random" if name.startswith("random_") else name
+        rec: dict[str, Any] = {"test_mse": s.test_mse, "train_mse": s.train_mse,
+                               "determined": s.determined,
+                               "genes": [genes[int(i)] for i in s.indices]}
+        if s.accuracy is not None:
+            rec["extra_trees_test_accuracy"] = s.accuracy
+        if base in chosen:
+            rec["seconds"] = chosen[base].seconds
+            rec["method"] = chosen[base].detail
+        out[name] = rec
+    if scores.pca is not None:
+        out["pca_bound"] = {"test_mse": scores.pca.test_mse,
+                            "components": scores.pca.components,
+                            "fit_rows": scores.pca.fit_rows}
     return out
 
 
@@ -452,6 +604,9 @@ def _write_sizes(staging: Path, results: list[SelectResult]) -> None:
             "trained_decoder_test_mse": m["trained_decoder_test_mse"],
             "random_panel_test_mse": m.get("random_panel_test_mse", {}).get("mean"),
             "hvg_panel_test_mse": m.get("hvg_panel_test_mse"),
+            "topvar_panel_test_mse": m.get("topvar_panel_test_mse"),
+            "greedy_panel_test_mse": m.get("greedy_panel_test_mse"),
+            "cae_linear_refit_test_mse": m.get("cae_linear_refit_test_mse"),
             "pca_bound_test_mse": m.get("pca_bound_test_mse"),
             "converged": sel.fit.converged,
             "epochs_run": sel.fit.epochs_run,

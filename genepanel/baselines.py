@@ -9,9 +9,11 @@ Every selector takes a dense, preprocessed training matrix ``x`` of shape
 - :func:`pfa_panel`: principal feature analysis (Lu, Cohen, Zhou & Tian, ACM MM 2007):
   cluster the genes' PCA loading vectors into ``k`` clusters with k-means and keep, per
   cluster, the gene nearest its centroid.
-- random panels, highly variable genes and the PCA bound live in
-  :mod:`genepanel.evaluate` (:func:`~genepanel.evaluate.random_panels`,
-  :func:`~genepanel.evaluate.hvg_panel`, :func:`~genepanel.evaluate.pca_bound`).
+- random panels and highly variable genes live in :mod:`genepanel.evaluate`
+  (:func:`~genepanel.evaluate.random_panels`, :func:`~genepanel.evaluate.hvg_panel`),
+  the PCA bound in :func:`genepanel.evaluate.score`; greedy subset selection, the swap
+  search and top-variance genes in :mod:`genepanel.selectors`, which registers all of
+  them.
 
 :func:`extra_trees_accuracy` scores a panel by held-out classification accuracy of an
 extremely randomised trees classifier (Geurts et al. 2006), as in the paper's Table 2.

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from genepanel.config import SelectConfig
-from genepanel.data import resolve_labels
 from genepanel.errors import DataError, UsageError
 from genepanel.io import (
     ExpressionData,
@@ -38,20 +37,12 @@ from genepanel.io import (
     write_json,
 )
 from genepanel.io import write_tsv as _write_tsv
+from genepanel.selectors import DESCRIPTIONS
 
 log = logging.getLogger("genepanel")
 
 #: Every method the benchmark knows, in table order.
-METHODS = ("cae", "random", "hvg", "laplacian", "pfa", "pca")
-
-_LABELS = {
-    "cae": "concrete autoencoder",
-    "random": "random panels",
-    "hvg": "highly variable genes",
-    "laplacian": "Laplacian score",
-    "pfa": "principal feature analysis",
-    "pca": "PCA bound (not a panel)",
-}
+METHODS = ("cae", "greedy", "topvar", "random", "hvg", "laplacian", "pfa", "pca")
 
 
 @dataclass
@@ -91,7 +82,7 @@ def run_benchmark(
     n_random: int = 5,
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-    max_rows: int = 10000,
+    seeds: int = 1,
 ) -> BenchmarkResult:
     """Select a panel with every method on one split and score them all the same way.
 
@@ -102,7 +93,7 @@ def run_benchmark(
         plain HDF5 or ``.npz``.
     cfg
         Panel size ``k``, seed, split, preprocessing and the concrete autoencoder's
-        training settings (as for ``genepanel select``).
+        training settings (as for ``genepanel select``, ``refine`` included).
     out
         Output folder, written atomically: ``benchmark.tsv``, ``benchmark.md``,
         ``benchmark.json``, ``benchmark.png`` and ``panels.tsv``.
@@ -117,29 +108,27 @@ def run_benchmark(
         Replace an existing ``out``.
     on_epoch
         Progress callback for the concrete autoencoder's training.
-    max_rows
-        The Laplacian score's neighbour graph is built on at most this many training
-        samples (a random subset), PFA's PCA on at most ``5 × max_rows``.
+    seeds
+        Train the concrete autoencoder from this many seeds (``seed``, ``seed + 1``, …)
+        on the same split; the table reports the first, ``benchmark.json`` the
+        seed-to-seed stability (pairwise Jaccard index of the panels, spread of the
+        held-out errors).
 
     Returns
     -------
     BenchmarkResult
     """
-    from genepanel.api import select_panel
-    from genepanel.baselines import laplacian_panel, pfa_panel
-    from genepanel.data import Preprocessor, dense_rows, make_split
-    from genepanel.evaluate import (
-        fit_linear,
-        hvg_panel,
-        linear_test_mse,
-        pca_bound,
-        random_panels,
-        test_variance,
-    )
+    from genepanel.api import _train, baseline_panels, load_input, refine_panel
+    from genepanel.constraints import resolve
+    from genepanel.dataset import Dataset
+    from genepanel.evaluate import score
 
     methods = _check_methods(methods)
     if n_random < 1 and "random" in methods:
         msg = f"--n-random must be ≥ 1, got {n_random}"
+        raise UsageError(msg)
+    if seeds < 1:
+        msg = f"--seeds must be ≥ 1, got {seeds}"
         raise UsageError(msg)
     t0 = time.perf_counter()
     outdir = None
@@ -149,110 +138,98 @@ def run_benchmark(
     if outdir is not None:
         outdir.check()
     if not isinstance(data, ExpressionData):
-        from genepanel.api import load_input
-
         data = load_input(data, cfg)
     n, d = data.shape
     if cfg.k >= d:
         msg = f"--k {cfg.k} must be smaller than the number of genes ({d}); choose k < {d}"
         raise UsageError(msg)
-    y = resolve_labels(data, labels) if labels is not None else None
     if hint := counts_hint(data, cfg.preprocess):
         log.warning(hint)
+    ds = Dataset.build(data, cfg, eval_labels=labels)
+    y = ds.eval_labels
+    if y is not None:
+        tr, te = y[ds.split.train], y[ds.split.test]
+        if (tr != "").sum() < 2 or (te != "").sum() < 1 or len(np.unique(tr[tr != ""])) < 2:
+            msg = (f"too few labelled samples for accuracy (train {(tr != '').sum()}, test "
+                   f"{(te != '').sum()}, {len(np.unique(tr[tr != '']))} classes in train)")
+            raise DataError(msg)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     seconds: dict[str, float] = {}
     panels: dict[str, np.ndarray] = {}
     detail: dict[str, str] = {}
     cae_info: dict[str, Any] = {}
+    stability: dict[str, Any] | None = None
 
     if "cae" in methods:
-        t = time.perf_counter()
-        res = select_panel(data, cfg, None, on_epoch=on_epoch, evaluate_baselines=False)
-        seconds["cae"] = time.perf_counter() - t
-        split, pre = res.split, res.model.pre
-        panels["cae"] = np.sort(np.asarray(res.panel.indices))
-        tr = res.run["training"]
+        con = resolve(data.genes, cfg.k)
+        runs = []
+        for s in range(seeds):
+            t = time.perf_counter()
+            trained = _train(ds, cfg.replace(seed=cfg.seed + s), con, None, None, resume=False,
+                             on_epoch=on_epoch, stop_after_epochs=None)
+            final, refinement = refine_panel(ds, cfg, con, trained.panel)
+            runs.append((trained, final, refinement, time.perf_counter() - t))
+        trained, final, refinement, secs = runs[0]
+        seconds["cae"] = secs
+        seconds["cae_unrefined"] = trained.seconds
+        panels["cae"] = np.sort(final.indices)
+        panels["cae_unrefined"] = np.sort(trained.panel.indices)
+        for s, run in enumerate(runs[1:], start=1):
+            panels[f"cae_seed{s}"] = np.sort(run[1].indices)
+            panels[f"cae_unrefined_seed{s}"] = np.sort(run[0].panel.indices)
+        fr = trained.result
         cae_info = {
-            "converged": tr["converged"], "stop_epoch": tr["stop_epoch"],
-            "epochs_run": tr["epochs_run"], "final_mean_max_prob": tr["final_mean_max_prob"],
-            "batch_size": tr["batch_size"],
-            "steps_per_epoch": tr["steps_per_epoch"],
+            "converged": fr.converged, "stop_epoch": fr.stop_epoch,
+            "epochs_run": fr.epochs_run,
+            "final_mean_max_prob": fr.history[-1]["mean_max_prob"] if fr.history else None,
+            "batch_size": fr.batch_size, "steps_per_epoch": fr.steps_per_epoch,
             "learning_rate": cfg.train.learning_rate, "max_epochs": cfg.train.max_epochs,
-            "decoder": cfg.model.decoder,
-            "trained_decoder_test_mse": res.metrics["trained_decoder_test_mse"],
+            "decoder": cfg.model.decoder, "refinement": refinement,
         }
-        state = (f"converged at epoch {tr['stop_epoch']}" if tr["converged"]
-                 else f"not converged after {tr['epochs_run']} epochs")
-        detail["cae"] = f"{cfg.model.decoder} decoder, {state}"
-    else:
-        split = make_split(n, cfg.split, cfg.seed, data.obs)
-        pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(data, split.train)
+        state = (f"converged at epoch {fr.stop_epoch}" if fr.converged
+                 else f"not converged after {fr.epochs_run} epochs")
+        detail["cae_unrefined"] = f"{cfg.model.decoder} decoder, {state}"
+        detail["cae"] = (f"swap refinement kept the {refinement['kept_start']} start, "
+                         f"{refinement['genes_replaced']} genes replaced"
+                         if refinement.get("enabled") else refinement["reason"])
     timings["cae"] = seconds.get("cae", 0.0)
 
-    t = time.perf_counter()
-    need_dense = {"laplacian", "pfa"} & set(methods)
-    x_train = None
-    if need_dense:
-        x_train = dense_rows(data, pre, _cap(split.train, 5 * max_rows, cfg.seed))
-    timings["dense_train"] = time.perf_counter() - t
-    if "random" in methods:
-        t = time.perf_counter()
-        for i, p in enumerate(random_panels(d, cfg.k, cfg.seed, n_random)):
-            panels[f"random_{i}"] = p
-        seconds["random"] = time.perf_counter() - t
-        detail["random"] = f"mean ± sd of {n_random} panels"
-    if "hvg" in methods:
-        t = time.perf_counter()
-        panels["hvg"], detail["hvg"] = hvg_panel(data, pre, split.train, cfg.k)
-        seconds["hvg"] = time.perf_counter() - t
-    if "laplacian" in methods:
-        t = time.perf_counter()
-        panels["laplacian"] = laplacian_panel(x_train, cfg.k, max_rows=max_rows, seed=cfg.seed)
-        seconds["laplacian"] = time.perf_counter() - t
-        detail["laplacian"] = (f"5-NN heat-kernel graph on {min(len(x_train), max_rows)} "
-                               "training samples")
-    if "pfa" in methods:
-        t = time.perf_counter()
-        panels["pfa"] = pfa_panel(x_train, cfg.k, seed=cfg.seed)
-        seconds["pfa"] = time.perf_counter() - t
-        detail["pfa"] = f"k-means of z-scored PCA loadings (q = {cfg.k})"
-    del x_train
-    timings["baselines"] = sum(v for key, v in seconds.items() if key != "cae")
+    names = tuple(m for m in methods if m not in ("cae", "pca"))
+    extra, chosen = baseline_panels(ds, cfg, None, names, n_random)
+    panels.update(extra)
+    for name, sel in chosen.items():
+        seconds[name] = sel.seconds
+        detail[name] = sel.detail
+    timings["baselines"] = sum(v for key, v in seconds.items() if not key.startswith("cae"))
 
     t = time.perf_counter()
-    mse: dict[str, float] = {}
-    if panels:
-        fits = fit_linear(data, pre, split.train, panels)
-        mse = linear_test_mse(data, pre, split.test, fits)
-    pca: dict[str, Any] | None = None
-    if "pca" in methods:
-        tp = time.perf_counter()
-        pca = pca_bound(data, pre, split.train, split.test, cfg.k, cfg.seed)
-        seconds["pca"] = time.perf_counter() - tp
-        detail["pca"] = f"{pca['components']} principal components"
-    timings["linear"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    acc: dict[str, float] = {}
-    label_info: dict[str, Any] | None = None
-    if y is not None and panels:
-        acc, label_info = _accuracies(data, pre, split, panels, y, cfg.seed)
-        label_info["column"] = labels
-    timings["accuracy"] = time.perf_counter() - t
-
-    table = _table(methods, panels, mse, acc, pca, seconds, detail, cfg.k)
+    scores = score(ds, panels, pca_k=cfg.k if "pca" in methods else None, labels=y,
+                   seed=cfg.seed) if panels else None
+    timings["score"] = time.perf_counter() - t
+    if scores is not None and scores.pca is not None:
+        detail["pca"] = f"{scores.pca.components} principal components"
+    if seeds > 1 and scores is not None:
+        stability = seed_stability(scores, seeds, cfg.seed)
+    rows = [m for m in methods if m != "cae"]
+    if "cae" in methods:
+        rows = ["cae", "cae_unrefined", *rows]
+    table = _table(rows, scores, seconds, detail, cfg.k, converged=cae_info.get("converged"))
     if cae_info and not cae_info["converged"]:  # marked in benchmark.md/.tsv and the plot
-        table.loc[table["method"] == "cae", "description"] += " (NOT CONVERGED)"
-    test_var = test_variance(data, pre, split.test)
+        cae_rows = table["method"].str.startswith("cae")
+        table.loc[cae_rows, "description"] += " (NOT CONVERGED)"
     timings["total"] = time.perf_counter() - t0
     from genepanel.saved import versions
 
+    mse = {} if scores is None else {nm: s.test_mse for nm, s in scores.panels.items()}
+    acc = {} if scores is None else {nm: s.accuracy for nm, s in scores.panels.items()
+                                     if s.accuracy is not None}
     record = {
-        "data": {"source": data.source, "n_samples": n, "n_genes": d, "split": split.sizes()},
+        "data": {"source": data.source, "n_samples": n, "n_genes": d,
+                 "split": ds.split.sizes()},
         "k": cfg.k, "seed": cfg.seed, "methods": list(methods),
         "metric": "linear regression refit on the training rows; test MSE over all entries "
                   "of the preprocessed matrix",
-        "test_variance": test_var,
+        "test_variance": None if scores is None else scores.test_variance,
         "results": _records(table),
         "random_panel_test_mse": [mse[f"random_{i}"] for i in range(n_random)
                                   if f"random_{i}" in mse],
@@ -260,7 +237,11 @@ def run_benchmark(
                                   if f"random_{i}" in acc],
         "panels": {name: {"indices": p.tolist(), "genes": [data.genes[i] for i in p]}
                    for name, p in panels.items()},
-        "cae": cae_info, "labels": label_info, "config": cfg.to_dict(),
+        "cae": cae_info,
+        "stability": stability,
+        "labels": None if scores is None or scores.accuracy_info is None
+        else {**scores.accuracy_info, "column": labels},
+        "config": cfg.to_dict(),
         "timings_seconds": timings, "versions": versions(),
     }
     result = BenchmarkResult(table=table, panels=panels, record=record, timings=timings)
@@ -269,6 +250,25 @@ def run_benchmark(
         write_outputs(staging, result, data.genes)
         result.out = outdir.commit()
     return result
+
+
+def seed_stability(scores: Any, seeds: int, seed: int) -> dict[str, Any]:
+    """Agreement of the panels trained from ``seeds`` seeds on one split.
+
+    For the final (refined) and the unrefined panels: mean and minimum pairwise Jaccard
+    index of the gene sets, and the held-out errors with their relative spread
+    ``(max − min) / min``.
+    """
+    out: dict[str, Any] = {"seeds": [seed + s for s in range(seeds)]}
+    for kind in ("cae", "cae_unrefined"):
+        names = [kind] + [f"{kind}_seed{s}" for s in range(1, seeds)]
+        sets = [set(scores.panels[nm].indices.tolist()) for nm in names]
+        jac = [len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+        errs = [scores.panels[nm].test_mse for nm in names]
+        out[kind] = {"jaccard_mean": float(np.mean(jac)), "jaccard_min": float(np.min(jac)),
+                     "test_mse": errs,
+                     "test_mse_spread": float((max(errs) - min(errs)) / min(errs))}
+    return out
 
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -287,76 +287,41 @@ def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in chosen)
 
 
-def _cap(rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    if len(rows) <= max_rows:
-        return rows
-    rng = np.random.default_rng([seed, 0xBE7C])
-    return np.sort(rng.choice(rows, max_rows, replace=False))
-
-
-def _panel_columns(data: ExpressionData, pre: Any, rows: np.ndarray, cols: np.ndarray,
-                   batch: int = 4096) -> np.ndarray:
-    """Preprocessed values ``[len(rows), len(cols)]`` of a few genes, built in row batches."""
-    out = np.empty((len(rows), len(cols)), np.float32)
-    for i in range(0, len(rows), batch):
-        out[i : i + batch] = pre.transform(data.rows(rows[i : i + batch]))[:, cols]
-    return out
-
-
-def _accuracies(
-    data: ExpressionData, pre: Any, split: Any, panels: dict[str, np.ndarray],
-    y: np.ndarray, seed: int,
-) -> tuple[dict[str, float], dict[str, Any]]:
-    from genepanel.baselines import extra_trees_accuracy
-
-    tr = split.train[y[split.train] != ""]
-    te = split.test[y[split.test] != ""]
-    if len(tr) < 2 or len(te) < 1 or len(np.unique(y[tr])) < 2:
-        msg = (f"too few labelled samples for accuracy (train {len(tr)}, test {len(te)}, "
-               f"{len(np.unique(y[tr]))} classes in train)")
-        raise DataError(msg)
-    union = np.unique(np.concatenate(list(panels.values())))
-    pos = np.searchsorted(union, np.arange(data.shape[1]))
-    xtr = _panel_columns(data, pre, tr, union)
-    xte = _panel_columns(data, pre, te, union)
-    acc = {
-        name: extra_trees_accuracy(xtr[:, pos[p]], y[tr], xte[:, pos[p]], y[te], seed=seed)
-        for name, p in panels.items()
-    }
-    info = {"n_train": len(tr), "n_test": len(te), "n_classes": len(np.unique(y[tr])),
-            "classifier": "sklearn ExtraTreesClassifier(n_estimators=50)"}
-    return acc, info
-
-
 def _table(
-    methods: Sequence[str], panels: dict[str, np.ndarray], mse: dict[str, float],
-    acc: dict[str, float], pca: dict[str, Any] | None, seconds: dict[str, float],
-    detail: dict[str, str], k: int,
+    rows: Sequence[str], scores: Any, seconds: dict[str, float], detail: dict[str, str],
+    k: int, *, converged: bool | None,
 ) -> pd.DataFrame:
-    rows = []
+    out = []
     nan = float("nan")
-    for m in methods:
-        row = {"method": m, "description": _LABELS[m], "kind": "panel", "k": k,
+    for m in rows:
+        row = {"method": m, "description": DESCRIPTIONS[m], "kind": "panel", "k": k,
                "linear_test_mse": nan, "linear_test_mse_sd": nan,
                "accuracy": nan, "accuracy_sd": nan,
-               "seconds": seconds.get(m, nan), "detail": detail.get(m, "")}
+               "seconds": seconds.get(m, nan), "detail": detail.get(m, ""),
+               "converged": converged if m.startswith("cae") else None}
         if m == "random":
-            names = [p for p in panels if p.startswith("random_")]
-            vals = np.array([mse[p] for p in names])
+            names = [p for p in scores.panels if p.startswith("random_")]
+            vals = np.array([scores.panels[p].test_mse for p in names])
             row["linear_test_mse"] = float(vals.mean())
             row["linear_test_mse_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else nan
-            if acc:
-                a = np.array([acc[p] for p in names])
+            a = np.array([scores.panels[p].accuracy for p in names
+                          if scores.panels[p].accuracy is not None])
+            if len(a):
                 row["accuracy"] = float(a.mean())
                 row["accuracy_sd"] = float(a.std(ddof=1)) if len(a) > 1 else nan
         elif m == "pca":
             row["kind"] = "bound"
-            row["linear_test_mse"] = pca["mse"] if pca is not None else nan
+            row["linear_test_mse"] = scores.pca.test_mse if scores.pca is not None else nan
+            row["seconds"] = nan
         else:
-            row["linear_test_mse"] = mse[m]
-            row["accuracy"] = acc.get(m, nan)
-        rows.append(row)
-    return pd.DataFrame(rows)
+            s = scores.panels[m]
+            row["linear_test_mse"] = s.test_mse
+            row["accuracy"] = nan if s.accuracy is None else s.accuracy
+            if not s.determined:
+                row["detail"] = (row["detail"] + "; " if row["detail"] else "") + (
+                    "k ≥ training rows − 1: refit not determined")
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -404,7 +369,7 @@ def plot_benchmark(table: pd.DataFrame, path: Path, title: str = "") -> None:
     with_acc = bool(panels["accuracy"].notna().any())
     fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(10 if with_acc else 6, 4),
                              squeeze=False)
-    colors = ["tab:blue" if m == "cae" else "tab:gray" for m in panels["method"]]
+    colors = ["tab:blue" if m.startswith("cae") else "tab:gray" for m in panels["method"]]
     ypos = np.arange(len(panels))
     ax = axes[0, 0]
     ax.barh(ypos, panels["linear_test_mse"], xerr=panels["linear_test_mse_sd"].fillna(0),
@@ -439,6 +404,14 @@ def write_outputs(folder: Path, result: BenchmarkResult, genes: Sequence[str]) -
               f"{rec['data']['split']['train']}/{rec['data']['split']['val']}/"
               f"{rec['data']['split']['test']}; seed {rec['seed']}. Test variance "
               f"(MSE of predicting the mean): {rec['test_variance']:.4g}.\n\n")
+    st = rec.get("stability")
+    if st:
+        for kind, what in (("cae", "final panels"), ("cae_unrefined", "unrefined panels")):
+            header += (f"Seed-to-seed stability of the {what} ({len(st['seeds'])} seeds, same "
+                       f"split): Jaccard mean {st[kind]['jaccard_mean']:.2f}, min "
+                       f"{st[kind]['jaccard_min']:.2f}; held-out MSE spread "
+                       f"{100 * st[kind]['test_mse_spread']:.2f}%.\n")
+        header += "\n"
     with atomic_write(folder / "benchmark.md") as fh:
         fh.write(header + markdown_table(result.table))
     write_json(folder / "benchmark.json", rec)

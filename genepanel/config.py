@@ -109,7 +109,9 @@ class SelectConfig:
     that list only. Each accepts a list, ``"A,B,C"`` or ``"@file"``. ``labels`` (an
     ``obs`` column) makes the panel supervised: the decoder also predicts the label with
     cross-entropy, and the loss is ``(1 - label_weight) · MSE + label_weight · CE``
-    (``label_weight`` 1: labels only).
+    (``label_weight`` 1: labels only). ``refine`` runs an exact swap search on the
+    training rows' linear refit error after the concrete autoencoder (unsupervised runs
+    with the linear decoder; see :func:`genepanel.selectors.swap_refine`).
     """
 
     k: int = 50
@@ -122,6 +124,7 @@ class SelectConfig:
     candidates: tuple[str, ...] = ()
     labels: str | None = None
     label_weight: float = 1.0
+    refine: bool = True
     input: InputConfig = field(default_factory=InputConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -282,6 +285,7 @@ def validate(cfg: SelectConfig) -> None:
         0.0 < cfg.label_weight <= 1.0,
         f"--label-weight must be in (0, 1], got {cfg.label_weight!r}",
     )
+    _check(isinstance(cfg.refine, bool), f"refine must be true or false, got {cfg.refine!r}")
     _check(cfg.n_related >= 1, f"--n-related must be ≥ 1, got {cfg.n_related!r}")
     s = cfg.split
     _check(
@@ -344,6 +348,7 @@ OPTION_HELP: dict[str, str] = {
     "candidates": "choose the panel from these genes only",
     "labels": "obs column: train a supervised panel on these labels",
     "label_weight": "with labels: loss = (1 - w) MSE + w cross-entropy",
+    "refine": "exact swap search on the training refit error after the autoencoder",
     "input.layer": ".h5ad: use this layer instead of X",
     "input.gene_column": ".h5ad: var column with gene names (null: var_names)",
     "input.dataset": "plain HDF5: path of the 2-D matrix",

@@ -2,7 +2,11 @@
 
 All metrics are mean squared errors over every entry of the preprocessed test matrix
 (``‖X̂ − X‖²_F / (n·d)``, the paper's metric). Data are streamed in row batches, so a
-sparse matrix is never densified whole.
+sparse matrix is never densified whole. :func:`score` is the one scoring function of
+``select`` and ``benchmark``: every panel, the PCA bound and (with labels) ExtraTrees
+accuracy from one pass over the training rows and one over the test rows of a
+:class:`~genepanel.dataset.Dataset`, returned as :class:`Scores`. :func:`fit_linear` and
+:func:`linear_test_mse` stay for callers that hold no ``Dataset`` (``compare``).
 """
 
 from __future__ import annotations
@@ -143,58 +147,6 @@ def linear_test_mse(
     return {name: v / total for name, v in sse.items()}
 
 
-def pca_bound(
-    data: ExpressionData,
-    pre: Preprocessor,
-    train_rows: np.ndarray,
-    test_rows: np.ndarray,
-    k: int,
-    seed: int,
-    max_rows: int = 20000,
-    batch: int = 2048,
-) -> dict[str, float]:
-    """Test MSE of the best rank-``k`` affine reconstruction fitted on training rows.
-
-    PCA is not a panel: it may use every gene, so it bounds what any panel of ``k``
-    genes with a linear decoder can reach. At most ``max_rows`` training rows (a
-    random subset) are used to fit it.
-    """
-    from sklearn.decomposition import PCA, IncrementalPCA
-
-    rng = np.random.default_rng([seed, 7])
-    fit_rows = train_rows
-    if len(fit_rows) > max_rows:
-        fit_rows = np.sort(rng.choice(train_rows, max_rows, replace=False))
-    d = data.shape[1]
-    n_comp = int(min(k, len(fit_rows), d))
-    if len(fit_rows) * d * 4 <= 2**28:
-        x = np.concatenate(list(_batches(data, pre, fit_rows, batch)))
-        pca = PCA(n_components=n_comp, random_state=seed).fit(x)
-        del x
-    else:  # streamed: memory stays at one batch plus the components
-        step = max(batch, n_comp)
-        pca = IncrementalPCA(n_components=n_comp, batch_size=step)
-        for xb in _batches(data, pre, fit_rows, step):
-            if len(xb) >= n_comp:
-                pca.partial_fit(xb)
-    sse = 0.0
-    for xb in _batches(data, pre, test_rows, batch):
-        sse += float(np.sum(np.square(pca.inverse_transform(pca.transform(xb)) - xb)))
-    return {"mse": sse / (len(test_rows) * d), "components": n_comp, "fit_rows": len(fit_rows)}
-
-
-def test_variance(data: ExpressionData, pre: Preprocessor, rows: np.ndarray) -> float:
-    """Mean per-gene variance of the preprocessed ``rows``: the MSE of predicting each mean."""
-    s1 = np.zeros(data.shape[1])
-    s2 = np.zeros(data.shape[1])
-    for xb in _batches(data, pre, rows, 4096):
-        xb64 = xb.astype(np.float64)
-        s1 += xb64.sum(0)
-        s2 += (xb64 * xb64).sum(0)
-    mean = s1 / len(rows)
-    return float(np.mean(s2 / len(rows) - mean * mean))
-
-
 def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
     """``n`` random panels of ``k`` distinct genes out of ``d``."""
     rng = np.random.default_rng([seed, 11])
@@ -256,3 +208,171 @@ def _row_transformed(
         x = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ x)
         x.data = np.log1p(x.data)
     return x
+
+
+# --------------------------------------------------------------------------- one scoring pass
+
+
+@dataclass(frozen=True)
+class PanelScore:
+    """Held-out score of one panel.
+
+    ``determined`` is False when the panel has at least as many genes as there are
+    training rows minus one: the refit (``k`` coefficients and an intercept) is then not
+    determined by the data, its error says nothing about the panel, and comparisons
+    leave it out.
+    """
+
+    name: str
+    indices: np.ndarray
+    test_mse: float
+    train_mse: float
+    determined: bool
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class BoundScore:
+    """The PCA bound: best rank-``k`` affine reconstruction fitted on the training rows."""
+
+    test_mse: float
+    components: int
+    fit_rows: int
+
+
+@dataclass
+class Scores:
+    """What :func:`score` returns: every panel's held-out scores and the reference points."""
+
+    panels: dict[str, PanelScore]
+    fits: dict[str, LinearFit]
+    pca: BoundScore | None
+    test_variance: float
+    n_train: int
+    n_test: int
+    accuracy_info: dict | None = None
+
+    def mse(self, name: str) -> float:
+        """Held-out linear refit MSE of panel ``name``."""
+        return self.panels[name].test_mse
+
+
+def _row_blocks(source, batch: int = 2048):
+    """Dense preprocessed gene rows of a :class:`~genepanel.train.RowSource`, in blocks."""
+    d = source.data.shape[1]
+    for i in range(0, source.n, batch):
+        if source.dense is not None:
+            yield source.rows[i : i + batch], source.dense[i : i + batch, :d]
+        else:
+            rows = source.rows[i : i + batch]
+            yield rows, source.pre.transform(source.data.rows(rows))
+
+
+def score(
+    ds,
+    panels: dict[str, np.ndarray],
+    *,
+    pca_k: int | None = None,
+    labels: np.ndarray | None = None,
+    seed: int = 0,
+) -> Scores:
+    """Score every panel the same way, in one pass over training and one over test rows.
+
+    Each panel gets an unregularised least-squares refit (with intercept) from its genes
+    to every gene, fitted on all training rows of ``ds`` (a
+    :class:`~genepanel.dataset.Dataset`), and its mean squared error over every entry of
+    the preprocessed test rows (and of the training rows). With ``pca_k`` the PCA bound
+    of that rank is added, fitted on :meth:`~genepanel.dataset.Dataset.train_matrix`.
+    With ``labels`` (strings, ``""`` missing, one per data row) each panel also gets the
+    test accuracy of an ExtraTrees classifier on its genes.
+    """
+    d = ds.n_genes
+    union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in panels.values()]))
+    pos = np.searchsorted(union, np.arange(d))
+    s_u = np.zeros(len(union))
+    s_x = np.zeros(d)
+    s_xx = np.zeros(d)
+    uu = np.zeros((len(union), len(union)))
+    ux = np.zeros((len(union), d))
+    lab_tr: list[np.ndarray] = []
+    lab_te: list[np.ndarray] = []
+    n = 0
+    for rows, xb in _row_blocks(ds.train):
+        xb64 = xb.astype(np.float64)
+        xu = xb64[:, union]
+        s_u += xu.sum(0)
+        s_x += xb64.sum(0)
+        s_xx += np.einsum("ij,ij->j", xb64, xb64)
+        uu += xu.T @ xu
+        ux += xu.T @ xb64
+        n += len(xb)
+        if labels is not None:
+            lab_tr.append(xb[labels[rows] != ""][:, union])
+    mu_u, mu_x = s_u / n, s_x / n
+    ss_x = float(np.sum(s_xx - n * mu_x * mu_x))
+    fits: dict[str, LinearFit] = {}
+    train_mse: dict[str, float] = {}
+    for name, panel in panels.items():
+        sel = pos[np.asarray(panel, np.int64)]
+        cov = uu[np.ix_(sel, sel)] - n * np.outer(mu_u[sel], mu_u[sel])
+        cross = ux[sel] - n * np.outer(mu_u[sel], mu_x)
+        coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
+        fits[name] = LinearFit(np.asarray(panel), coef.astype(np.float32),
+                               (mu_x - mu_u[sel] @ coef).astype(np.float32))
+        train_mse[name] = max(ss_x - float(np.sum(cross * coef)), 0.0) / (n * d)
+
+    pca = None
+    if pca_k is not None:
+        from sklearn.decomposition import PCA
+
+        xfit = ds.train_matrix()
+        n_comp = int(min(pca_k, len(xfit), d))
+        pca_model = PCA(n_components=n_comp, random_state=seed).fit(xfit)
+    sse = dict.fromkeys(panels, 0.0)
+    sse_pca = 0.0
+    t1 = np.zeros(d)
+    t2 = np.zeros(d)
+    m = 0
+    for rows, xb in _row_blocks(ds.test):
+        for name, fit in fits.items():
+            sse[name] += float(np.sum(np.square(fit.predict(xb[:, fit.panel]) - xb)))
+        if pca_k is not None:
+            sse_pca += float(np.sum(np.square(
+                pca_model.inverse_transform(pca_model.transform(xb)) - xb)))
+        xb64 = xb.astype(np.float64)
+        t1 += xb64.sum(0)
+        t2 += np.einsum("ij,ij->j", xb64, xb64)
+        m += len(xb)
+        if labels is not None:
+            lab_te.append(xb[labels[rows] != ""][:, union])
+    if pca_k is not None:
+        pca = BoundScore(sse_pca / (m * d), n_comp, len(xfit))
+    mean = t1 / m
+    test_var = float(np.mean(t2 / m - mean * mean))
+
+    acc: dict[str, float] = {}
+    info = None
+    if labels is not None:
+        acc, info = _panel_accuracies(ds, panels, labels, lab_tr, lab_te, pos, seed)
+    out = {
+        name: PanelScore(name, np.asarray(p), sse[name] / (m * d), train_mse[name],
+                         determined=len(p) < n - 1, accuracy=acc.get(name))
+        for name, p in panels.items()
+    }
+    return Scores(out, fits, pca, test_var, n, m, info)
+
+
+def _panel_accuracies(ds, panels, labels, lab_tr, lab_te, pos, seed):
+    from genepanel.baselines import extra_trees_accuracy
+
+    y_tr = labels[ds.split.train][labels[ds.split.train] != ""]
+    y_te = labels[ds.split.test][labels[ds.split.test] != ""]
+    if len(y_te) == 0 or len(np.unique(y_tr)) < 2:
+        return {}, None
+    xtr, xte = np.concatenate(lab_tr), np.concatenate(lab_te)
+    acc = {name: extra_trees_accuracy(xtr[:, pos[np.asarray(p)]], y_tr,
+                                      xte[:, pos[np.asarray(p)]], y_te, seed=seed)
+           for name, p in panels.items()}
+    info = {"n_train": len(y_tr), "n_test": len(y_te), "n_classes": len(np.unique(y_tr)),
+            "classifier": "sklearn ExtraTreesClassifier(n_estimators=50)"}
+    return acc, info

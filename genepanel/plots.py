@@ -58,7 +58,10 @@ def plot_sizes(table, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {
-        "linear_refit_test_mse": "concrete AE panel (linear refit)",
+        "linear_refit_test_mse": "final panel (linear refit)",
+        "cae_linear_refit_test_mse": "concrete AE panel before refinement",
+        "greedy_panel_test_mse": "greedy subset selection",
+        "topvar_panel_test_mse": "top-variance genes",
         "random_panel_test_mse": "random panels (mean)",
         "hvg_panel_test_mse": "highly variable genes",
         "pca_bound_test_mse": "PCA bound",

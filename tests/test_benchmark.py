@@ -176,19 +176,22 @@ def test_benchmark_command_end_to_end(labelled_h5ad, tmp_path):
             "panels.tsv"} <= names
     assert not (tmp_path / "bench.partial").exists()
     table = pd.read_csv(out / "benchmark.tsv", sep="\t").set_index("method")
-    assert list(table.index) == ["cae", "random", "hvg", "laplacian", "pfa", "pca"]
+    assert list(table.index) == ["cae", "cae_unrefined", "greedy", "topvar", "random", "hvg",
+                                 "laplacian", "pfa", "pca"]
     mse = table["linear_test_mse"]
     rec = json.loads((out / "benchmark.json").read_text())
     assert mse["cae"] < min(rec["random_panel_test_mse"])
     assert mse["pca"] <= mse.drop("pca").min() + 1e-9
-    assert table.loc[["cae", "random", "hvg", "laplacian", "pfa"], "accuracy"].between(0, 1).all()
+    assert table.loc[["cae", "greedy", "random", "hvg", "laplacian", "pfa"],
+                     "accuracy"].between(0, 1).all()
     # the selector measures (nearly) every planted module once
     assert len(set(module[rec["panels"]["cae"]["indices"]].tolist())) >= 4
     assert rec["labels"]["column"] == "state" and len(rec["random_panel_test_mse"]) == 5
     md = (out / "benchmark.md").read_text()
     # 150 epochs of 11 steps stop at the cap: the table says so
     assert not rec["cae"]["converged"]
-    assert "| concrete autoencoder (NOT CONVERGED) |" in md and "ExtraTrees accuracy" in md
+    assert "| concrete autoencoder + swap refinement (NOT CONVERGED) |" in md
+    assert "ExtraTrees accuracy" in md
     assert (out / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -222,3 +225,22 @@ def test_benchmark_bad_input_is_one_line(labelled_h5ad, tmp_path, args, code, te
     assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0]
     assert "Traceback" not in res.output
     assert not out.exists() and not (tmp_path / "bad.partial").exists()
+
+
+def test_benchmark_reports_seed_stability(labelled_h5ad, tmp_path):
+    path, _ = labelled_h5ad
+    out = tmp_path / "s"
+    res = runner.invoke(app, ["benchmark", str(path), "--k", "5", "--out", str(out),
+                              "--methods", "cae,greedy", "--seeds", "2", *FAST])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "benchmark.json").read_text())
+    st = rec["stability"]
+    assert st["seeds"] == [3, 4]
+    for kind in ("cae", "cae_unrefined"):
+        sets = [set(rec["panels"][n]["indices"]) for n in (kind, f"{kind}_seed1")]
+        assert st[kind]["jaccard_min"] == pytest.approx(
+            len(sets[0] & sets[1]) / len(sets[0] | sets[1]))
+        assert len(st[kind]["test_mse"]) == 2 and st[kind]["test_mse_spread"] >= 0
+    assert "Seed-to-seed stability" in (out / "benchmark.md").read_text()
+    table = pd.read_csv(out / "benchmark.tsv", sep="\t")
+    assert table["method"].tolist() == ["cae", "cae_unrefined", "greedy"]

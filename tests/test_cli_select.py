@@ -176,3 +176,38 @@ def test_sigterm_checkpoints_and_resume_finishes_the_same_run(planted_h5ad, tmp_
         full = pd.read_csv(tmp_path / "full" / name, sep="\t")
         pd.testing.assert_frame_equal(cut.drop(columns="seconds", errors="ignore"),
                                       full.drop(columns="seconds", errors="ignore"))
+
+
+def test_refinement_is_reported_and_the_saved_decoder_reads_the_final_panel(planted_h5ad,
+                                                                             tmp_path):
+    from genepanel.saved import load_model
+
+    path, _ = planted_h5ad
+    out = tmp_path / "run"
+    res = runner.invoke(app, [str(a) for a in ("select", path, "--k", 5, "--out", out,
+                                               "--epochs", 5, "--batch-size", 32, "--seed", 1)])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    ref, m = run["refinement"], run["metrics"]
+    assert ref["enabled"] and ref["train_refit_mse_final"] <= ref["train_refit_mse_cae"]
+    assert "cae_linear_refit_test_mse" in m and "greedy_panel_test_mse" in m
+    assert "topvar_panel_test_mse" in m and "baselines:" in res.output
+    panel = pd.read_csv(out / "panel.tsv", sep="\t")
+    assert sorted(panel["gene"]) == sorted(run["panels"]["cae"]["genes"])
+    assert int(panel["refined"].sum()) == ref["genes_replaced"]
+    model = load_model(out)
+    assert model.panel_genes == panel["gene"].tolist()
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    if ref["genes_replaced"]:  # the saved decoder is the final panel's refit
+        assert np.allclose(model.predict(x), model.predict(x, decoder="linear"), atol=1e-5)
+        assert m["trained_decoder_test_mse"] == m["linear_refit_test_mse"]
+    beaten = m["baselines_better_than_panel"]
+    assert ("beat this panel" in res.output) == bool(beaten)
+
+    out2 = tmp_path / "plain"
+    res = _run("select", path, "--k", 5, "--out", out2, "--no-refine", *FAST)
+    assert res.exit_code == 0, res.output
+    run = json.loads((out2 / "run.json").read_text())
+    assert not run["refinement"]["enabled"] and not pd.read_csv(
+        out2 / "panel.tsv", sep="\t")["refined"].any()
+    assert run["metrics"]["cae_linear_refit_test_mse"] == run["metrics"]["linear_refit_test_mse"]

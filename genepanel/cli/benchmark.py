@@ -41,9 +41,17 @@ def benchmark(
         None, help="Random seed of the split, the selector and the baselines."
     ),
     methods: str = typer.Option(
-        "cae,random,hvg,laplacian,pfa,pca", help="Comma-separated methods to run."
+        "cae,greedy,topvar,random,hvg,laplacian,pfa,pca",
+        help="Comma-separated methods to run."
     ),
     n_random: int = typer.Option(5, help="Number of random panels (mean ± sd reported)."),
+    seeds: int = typer.Option(
+        1, help="Train the autoencoder from this many seeds on the same split and report "
+        "seed-to-seed stability."
+    ),
+    refine: bool | None = typer.Option(
+        None, "--refine/--no-refine", help="Swap refinement of the autoencoder's panel."
+    ),
     layer: str | None = layer_option(),
     gene_column: str | None = gene_column_option(),
     dataset: str | None = dataset_option(),
@@ -62,10 +70,10 @@ def benchmark(
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress output."),
     verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Debug logs and tracebacks."),
 ) -> None:
-    """Compare the concrete autoencoder with random, HVG, Laplacian-score and PFA panels."""
+    """Compare the concrete autoencoder with greedy, top-variance, random, HVG, Laplacian and PFA panels."""
     setup_logging(verbose)
     flags: dict[str, Any] = {
-        "k": k, "seed": seed, "preprocess": preprocess,
+        "k": k, "seed": seed, "preprocess": preprocess, "refine": refine,
         "input.layer": layer, "input.gene_column": gene_column, "input.dataset": dataset,
         "input.genes": genes, "split.column": split_column,
         "input.stream": None if stream is None else ("yes" if stream else "no"),
@@ -84,7 +92,8 @@ def benchmark(
         reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet)
         try:
             res = run_benchmark(data, cfg, out, labels=labels, methods=methods.split(","),
-                                n_random=n_random, overwrite=overwrite, on_epoch=reporter)
+                                n_random=n_random, overwrite=overwrite, on_epoch=reporter,
+                                seeds=seeds)
         finally:
             reporter.close()
         print_result(res.out)

@@ -68,7 +68,13 @@ def select(
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing --out folder that genepanel wrote."),
     resume: bool = typer.Option(False, "--resume", metavar="", help="Continue an interrupted run in --out."),
     baselines: bool = typer.Option(
-        True, "--baselines/--no-baselines", metavar="", help="Score random/HVG panels and the PCA bound."
+        True, "--baselines/--no-baselines", metavar="",
+        help="Score greedy, top-variance, HVG and random panels and the PCA bound.",
+    ),
+    refine: bool | None = typer.Option(
+        None, "--refine/--no-refine", metavar="",
+        help="Swap search on the training refit error after the autoencoder (linear "
+        "decoder, no labels). (default: refine)",
     ),
     coordinator: str | None = typer.Option(
         None, help="Multi-process: HOST:PORT of process 0 (SLURM is detected without flags)."
@@ -83,7 +89,7 @@ def select(
     flags: dict[str, Any] = {
         "seed": seed, "include": include, "exclude": exclude, "candidates": candidates,
         "train.restarts": restarts, "labels": labels, "label_weight": label_weight, "preprocess": preprocess, "target_sum": target_sum,
-        "n_related": n_related,
+        "n_related": n_related, "refine": refine,
         "input.layer": layer, "input.gene_column": gene_column, "input.dataset": dataset,
         "input.genes": genes, "input.genes_by_samples": genes_by_samples,
         "input.stream": None if stream is None else ("yes" if stream else "no"),
@@ -129,7 +135,7 @@ def select(
             unmatched = res.run.get("constraints", {}).get("exclude_patterns_matching_nothing")
             if unmatched:
                 log.warning("warning: --exclude %s matched no gene", ", ".join(unmatched))
-            m, tr = res.metrics, res.run["training"]
+            tr = res.run["training"]
             log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out,
                      tr["status"] if tr["converged"] else "NOT CONVERGED, see below")
             if tr.get("prefilter"):
@@ -138,13 +144,8 @@ def select(
                          tr["prefilter"]["of_allowed_genes"])
             if not tr["converged"]:
                 log.warning("warning: %s", tr["status"])
-            line = f"test MSE: linear refit {m['linear_refit_test_mse']:.4g}"
-            line += f", trained decoder {m['trained_decoder_test_mse']:.4g}"
-            if "hvg_panel_test_mse" in m:
-                line += (f", random {m['random_panel_test_mse']['mean']:.4g}, "
-                         f"HVG {m['hvg_panel_test_mse']:.4g}, "
-                         f"PCA bound {m['pca_bound_test_mse']:.4g}")
-            log.info(line)
+            for line in summary_lines(res.run):
+                (log.warning if line.startswith("warning:") else log.info)(line)
             if res.stability is not None:
                 st = res.stability["summary"]
                 log.info("%d restarts: mean Jaccard %.2f, %d genes in every panel, kept seed %d",
@@ -152,3 +153,39 @@ def select(
                          st["kept_seed"])
 
     run_command(work, verbose)
+
+
+_NAMES = {"greedy": "greedy", "topvar": "top-variance", "hvg": "HVG", "random": "random"}
+
+
+def summary_lines(run: dict[str, Any]) -> list[str]:
+    """The held-out summary of a run: panel, what refinement added, baselines, who won."""
+    m, ref = run["metrics"], run.get("refinement", {})
+    line = f"test MSE (linear refit): panel {m['linear_refit_test_mse']:.4g}"
+    if ref.get("enabled"):
+        line += (f" (autoencoder {m['cae_linear_refit_test_mse']:.4g} before swap refinement, "
+                 f"{ref['genes_replaced']} of {len(run['panels']['cae']['genes'])} genes "
+                 "replaced)")
+    line += f"; trained decoder {m['trained_decoder_test_mse']:.4g}"
+    lines = [line]
+    if "random_panel_test_mse" in m:
+        parts = [f"{_NAMES[b]} {m[f'{b}_panel_test_mse']:.4g}"
+                 for b in ("greedy", "topvar", "hvg") if f"{b}_panel_test_mse" in m]
+        parts.append(f"random {m['random_panel_test_mse']['mean']:.4g}")
+        text = "baselines: " + ", ".join(parts)
+        if "pca_bound_test_mse" in m:
+            text += f"; PCA bound {m['pca_bound_test_mse']:.4g} (not a panel)"
+        lines.append(text)
+        beaten = m.get("baselines_better_than_panel", [])
+        if beaten:
+            lines.append("warning: " + "; ".join(
+                f"the {_NAMES.get(b['method'], b['method'])} panel beat this panel: "
+                f"{b['test_mse']:.4g} vs {b['panel_test_mse']:.4g} "
+                f"(the panel's error is {100 * b['panel_higher_by']:.1f}% higher)"
+                for b in beaten))
+        elif not run["panels"]["cae"]["determined"]:
+            lines.append("note: k is not below the number of training rows − 1, so the "
+                         "linear refit is not determined and no baseline comparison is made")
+        else:
+            lines.append("the panel beats every baseline on the held-out rows")
+    return lines

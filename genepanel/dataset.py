@@ -1,0 +1,137 @@
+"""The data every command shares, built once: matrix, split, fitted preprocessing, rows.
+
+A :class:`Dataset` holds the loaded :class:`~genepanel.io.ExpressionData`, the
+train/validation/test split, the preprocessing fitted on the training rows, one
+:class:`~genepanel.train.RowSource` per part, and caches within the host memory budget:
+the dense training matrix the baseline selectors and the swap refinement read (a random
+subset of rows when the whole would not fit), and the test rows, so that scoring after
+training reads them from disk at most once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from genepanel.config import SelectConfig
+from genepanel.data import Preprocessor, Split, dense_rows, label_codes, make_split, resolve_labels
+from genepanel.errors import DataError
+from genepanel.io import ExpressionData
+from genepanel.train import RowSource
+
+#: The per-epoch validation error uses at most this many validation rows.
+VAL_ROWS = 8192
+
+
+@dataclass
+class Dataset:
+    """Loaded data, split, fitted preprocessing and row sources, shared by every panel.
+
+    ``label_codes``/``classes`` are the training labels of a supervised run
+    (``cfg.labels``); ``eval_labels`` (strings, ``""`` = missing) are only scored
+    (classification accuracy of each panel), never trained on.
+    """
+
+    data: ExpressionData
+    split: Split
+    pre: Preprocessor
+    train: RowSource
+    val: RowSource | None
+    test: RowSource
+    seed: int
+    host_budget_bytes: int
+    timings: dict[str, float] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    label_codes: np.ndarray | None = None
+    eval_labels: np.ndarray | None = None
+    cache: dict = field(default_factory=dict)
+    _train_rows: np.ndarray | None = None
+    _train_x: np.ndarray | None = None
+    _train_xc: np.ndarray | None = None
+
+    @classmethod
+    def build(
+        cls, data: ExpressionData, cfg: SelectConfig, *, eval_labels: str | None = None
+    ) -> Dataset:
+        """Split ``data``, fit the preprocessing on the training rows and set up row sources."""
+        t = time.perf_counter()
+        n, d = data.shape
+        split = make_split(n, cfg.split, cfg.seed, data.obs)
+        pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(data, split.train)
+        budget = cfg.train.device_memory_budget_gb * 2**30
+        host = int(cfg.input.host_memory_budget_gb * 2**30)
+        # Fast path: the training matrix lives on the device. Several processes stream
+        # instead, each reading only its own rows of every minibatch.
+        single = jax.process_count() == 1 and not data.is_backed
+        materialize = len(split.train) * d * 4 <= budget and single
+        codes, classes = None, []
+        if cfg.labels is not None:
+            codes, classes = label_codes(resolve_labels(data, cfg.labels))
+            if len(np.unique(codes[split.train][codes[split.train] >= 0])) < 2:
+                msg = (f"labels column '{cfg.labels}' has fewer than two classes among the "
+                       "training samples; supervised panels need at least two")
+                raise DataError(msg)
+        lab = {"labels": codes, "n_classes": len(classes)}
+        val_rows = split.val
+        if len(val_rows) > VAL_ROWS:
+            val_rows = np.sort(np.random.default_rng([cfg.seed, 17]).choice(
+                val_rows, VAL_ROWS, replace=False))
+        # The test rows are read once and kept when they fit a quarter of the host budget.
+        keep_test = len(split.test) * d * 4 <= host // 4 and not data.is_backed
+        return cls(
+            data=data, split=split, pre=pre,
+            train=RowSource(data, pre, split.train, materialize=materialize, **lab),
+            val=(RowSource(data, pre, val_rows, materialize=materialize, **lab)
+                 if len(val_rows) else None),
+            test=RowSource(data, pre, split.test, materialize=keep_test, **lab),
+            seed=cfg.seed, host_budget_bytes=host,
+            timings={"preprocess": time.perf_counter() - t},
+            classes=classes, label_codes=codes,
+            eval_labels=resolve_labels(data, eval_labels) if eval_labels is not None else None,
+        )
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes ``d``."""
+        return self.data.shape[1]
+
+    @property
+    def max_train_rows(self) -> int:
+        """Training rows the dense selector copies hold: two float64 copies in half the budget."""
+        return max(1000, self.host_budget_bytes // (4 * 8 * 2 * self.n_genes))
+
+    def train_sample_rows(self) -> np.ndarray:
+        """The training rows the selectors see (all, or a random subset within the budget)."""
+        if self._train_rows is None:
+            rows = self.split.train
+            if len(rows) > self.max_train_rows:
+                rng = np.random.default_rng([self.seed, 0x5E1])
+                rows = np.sort(rng.choice(rows, self.max_train_rows, replace=False))
+            self._train_rows = rows
+        return self._train_rows
+
+    def train_matrix(self) -> np.ndarray:
+        """Dense preprocessed ``[n, d]`` float32 training rows (cached)."""
+        if self._train_x is None:
+            rows = self.train_sample_rows()
+            if self.train.dense is not None and len(rows) == self.train.n:
+                self._train_x = self.train.dense[:, : self.n_genes]
+            else:
+                self._train_x = dense_rows(self.data, self.pre, rows)
+        return self._train_x
+
+    def train_centred(self) -> np.ndarray:
+        """Column-centred float64 copy of :meth:`train_matrix` (cached)."""
+        if self._train_xc is None:
+            from genepanel.selectors import centred
+
+            self._train_xc = centred(self.train_matrix())
+        return self._train_xc
+
+    def release(self) -> None:
+        """Drop the dense selector copies (the row sources stay)."""
+        self._train_x = self._train_xc = None
+        self.cache.clear()

@@ -1,0 +1,394 @@
+"""Panel selectors: one registry, each a function from a dataset and ``k`` to a panel.
+
+Every selector sees only the training rows (:meth:`genepanel.dataset.Dataset.train_matrix`,
+a dense preprocessed copy cached within the host memory budget) and returns sorted gene
+indices. The concrete autoencoder is trained in :mod:`genepanel.api`; this module holds
+the classical column-subset solvers it is judged against and refined with (DESIGN.md §5):
+
+- :func:`greedy_css`: greedy forward selection for linear reconstruction (Farahat, Ghodsi
+  & Kamel, ICDM 2011) in its recursive form, which never forms the ``d × d`` Gram matrix:
+  each step costs two products with the training matrix, ``O(n·d + d·k)``.
+- :func:`swap_refine`: exact swap (exchange) search on the same objective, in sample
+  space with rank-one updates: ``O(n·d)`` per panel position tried.
+
+The objective is the residual sum of squares of an unregularised least-squares refit
+with intercept, ``f(P) = ‖X − X_P X_P⁺ X‖²_F`` for the column-centred training matrix
+``X``, i.e. exactly the refit that :func:`genepanel.evaluate.score` uses on held-out rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from genepanel.errors import UsageError
+
+if TYPE_CHECKING:
+    from genepanel.dataset import Dataset
+
+#: Relative size below which a residual column counts as zero (collinear with the panel).
+COLLINEAR_TOL = 1e-10
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def centred(x: np.ndarray) -> np.ndarray:
+    """Column-centred float64 copy of ``x`` (Fortran order, for cheap column access)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.asfortranarray(x - x.mean(axis=0))
+
+
+def refit_objective(xc: np.ndarray, panel: Sequence[int]) -> float:
+    """Residual sum of squares of the least-squares refit of centred ``xc`` from ``panel``."""
+    p = np.asarray(panel, dtype=np.int64)
+    if not len(p):
+        return float(np.sum(xc * xc))
+    q, _ = np.linalg.qr(xc[:, p])
+    resid = xc - q @ (q.T @ xc)
+    return float(np.sum(resid * resid))
+
+
+def _gram_column_norms(r: np.ndarray, block: int = 4096) -> np.ndarray:
+    """``f_j = ‖(RᵀR)[:, j]‖²`` for every column of ``r`` without forming ``RᵀR`` when n < d."""
+    n, d = r.shape
+    f = np.empty(d)
+    if n < d:
+        kmat = r @ r.T  # [n, n]
+        for j in range(0, d, block):
+            rb = r[:, j : j + block]
+            f[j : j + block] = np.einsum("ij,ij->j", kmat @ rb, rb)
+    else:
+        for j in range(0, d, block):
+            gb = r.T @ r[:, j : j + block]  # [d, b]
+            f[j : j + block] = np.einsum("ij,ij->j", gb, gb)
+    return f
+
+
+# --------------------------------------------------------------------------- greedy
+
+
+def greedy_css(
+    xc: np.ndarray,
+    k: int,
+    *,
+    allowed: np.ndarray | None = None,
+    include: Sequence[int] = (),
+) -> np.ndarray:
+    """Greedy column subset selection for linear reconstruction, in selection order.
+
+    Repeatedly adds the gene ``c`` maximising ``‖R[:, c]‖² / R[c, c]`` of the residual
+    Gram matrix ``R`` (the largest drop of the refit error), Farahat et al.'s recursive
+    form: with ``ω_t = R[:, c] / √R[c, c]`` and ``R ← R − ω ωᵀ``, the scores
+    ``f = ‖R[:, j]‖²`` and ``g = R[j, j]`` are updated as
+    ``f ← f − 2 ω∘(Rω) + ‖ω‖² ω∘ω`` and ``g ← g − ω∘ω``, where
+    ``Rω = Xᵀ(Xω) − Σ_r ω_r (ω_rᵀ ω)``. ``R`` itself is never formed.
+
+    Parameters
+    ----------
+    xc
+        ``[n, d]`` column-centred training matrix (see :func:`centred`).
+    k
+        Panel size.
+    allowed
+        ``[d]`` bool: genes that may be added (default: all).
+    include
+        Genes taken first, in this order (they count towards ``k``).
+    """
+    d = xc.shape[1]
+    if not 1 <= k <= d:
+        msg = f"k must be between 1 and the number of genes ({d}), got {k}"
+        raise UsageError(msg)
+    ok = np.ones(d, bool) if allowed is None else np.asarray(allowed, bool).copy()
+    f = _gram_column_norms(xc)
+    g = np.einsum("ij,ij->j", xc, xc)
+    tol = COLLINEAR_TOL * max(float(g.max(initial=0.0)), 1e-300)
+    omegas = np.zeros((k, d))
+    chosen: list[int] = []
+    forced = [int(c) for c in include]
+    for t in range(k):
+        if forced:
+            c = forced.pop(0)
+        else:
+            live = ok & (g > tol)
+            if not live.any():  # every remaining gene is collinear with the panel
+                rest = np.flatnonzero(ok)
+                rest = rest[np.argsort(-g[rest], kind="stable")]
+                chosen.extend(int(j) for j in rest[: k - len(chosen)])
+                break
+            score = np.where(live, f / np.where(live, g, 1.0), -np.inf)
+            c = int(np.argmax(score))
+        chosen.append(c)
+        ok[c] = False
+        if g[c] <= tol:
+            continue
+        gc = xc.T @ xc[:, c]  # G[:, c]
+        r_c = gc - omegas[:t].T @ omegas[:t, c]
+        w = r_c / np.sqrt(g[c])
+        r_w = xc.T @ (xc @ w) - omegas[:t].T @ (omegas[:t] @ w)
+        f = f - 2.0 * w * r_w + float(w @ w) * w * w
+        g = g - w * w
+        omegas[t] = w
+    return np.asarray(chosen[:k], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- swap search
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """Outcome of :func:`swap_refine`.
+
+    ``panel`` keeps the input order: position ``i`` holds the input's gene ``i`` or the
+    gene that replaced it.
+    ``objective_start``/``objective_end`` are the training residual sums of squares
+    (recomputed exactly, not from the updates); ``converged`` says the last round
+    found no improving swap (a local optimum), otherwise ``max_swaps`` ran out.
+    """
+
+    panel: np.ndarray
+    objective_start: float
+    objective_end: float
+    swaps: int
+    rounds: int  # times every (position, gene) pair was scored
+    converged: bool
+    history: tuple[float, ...] = ()
+
+
+def swap_refine(
+    xc: np.ndarray,
+    panel: Sequence[int],
+    *,
+    allowed: np.ndarray | None = None,
+    fixed: Sequence[int] = (),
+    max_swaps: int | None = None,
+    rtol: float = 1e-9,
+    exact_every: int = 20,
+) -> SwapResult:
+    """Exchange search: swap a panel gene for an outside gene while the refit error drops.
+
+    Works in sample space with the explicit residual ``R = X − Q Qᵀ X`` (``n × d``), so
+    no ``d × d`` matrix is formed. For panel position ``i``, removing it adds back the
+    unit direction ``q_i`` of ``X_P`` orthogonal to the other panel genes:
+    ``R₋ᵢ = R + q_i a_iᵀ`` with ``a_i = Xᵀq_i``. The best replacement ``c`` maximises
+    ``‖R₋ᵢᵀ R₋ᵢ[:, c]‖² / ‖R₋ᵢ[:, c]‖²``, which for every ``c`` and every ``i`` at once
+    is ``(f + 2 a_i∘h_i + ‖a_i‖² a_i∘a_i) / (g + a_i∘a_i)`` with ``h_i = Rᵀ(R a_i)``,
+    ``f = ‖(RᵀR)[:, c]‖²`` and ``g = ‖R[:, c]‖²`` (three ``n × d × k`` products per
+    round). Each round takes the single swap that lowers the error most, if it lowers it
+    by more than ``rtol`` of it; ``R``, ``f`` and ``g`` are then updated by rank-one
+    steps (in float64; recomputed exactly every ``exact_every`` swaps), so the result is
+    a local optimum: no single swap improves it by more than ``rtol``.
+
+    Parameters
+    ----------
+    xc
+        ``[n, d]`` column-centred training matrix.
+    panel
+        Starting genes (distinct).
+    allowed
+        ``[d]`` bool: genes that may enter the panel (default: all).
+    fixed
+        Genes that never leave the panel (``--include``).
+    max_swaps
+        Upper bound on swaps (default ``10 k``); ``converged`` is False when reached.
+    rtol
+        Relative improvement a swap must bring.
+    exact_every
+        Recompute the residual and its scores from scratch after this many swaps.
+    """
+    p = [int(g) for g in panel]
+    k = len(p)
+    if len(set(p)) != k:
+        msg = "swap_refine needs a panel of distinct genes"
+        raise UsageError(msg)
+    d = xc.shape[1]
+    ok = np.ones(d, bool) if allowed is None else np.asarray(allowed, bool).copy()
+    movable = np.array([g not in {int(x) for x in fixed} for g in p])
+    max_swaps = 10 * k if max_swaps is None else max_swaps
+    tol_g = COLLINEAR_TOL * max(float(np.einsum("ij,ij->j", xc, xc).max()), 1e-300)
+    block = 4096
+
+    def exact() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        q_all, _ = np.linalg.qr(xc[:, p])
+        r = np.asfortranarray(xc - q_all @ (q_all.T @ xc))
+        return r, _gram_column_norms(r), np.einsum("ij,ij->j", r, r)
+
+    r, f, g = exact()
+    start = float(g.sum())
+    history = [start]
+    swaps = since_exact = 0
+    converged = False
+    while swaps < max_swaps:
+        obj = float(g.sum())
+        xp = xc[:, p]
+        inv = np.linalg.pinv(xp.T @ xp)
+        v = xp @ inv  # column i is orthogonal to every other panel gene
+        norms = np.linalg.norm(v, axis=0)
+        norms[norms == 0] = 1.0
+        qs = v / norms  # [n, k]
+        a = xc.T @ qs  # [d, k]
+        h = r.T @ (r @ a)  # [d, k]
+        aa = np.einsum("ij,ij->j", a, a)  # [k]
+        num = f[:, None] + 2.0 * a * h + aa[None, :] * a * a
+        den = g[:, None] + a * a
+        cand = ok.copy()
+        cand[p] = False
+        live = cand[:, None] & (den > tol_g)
+        score = np.where(live, num / np.where(live, den, 1.0), -np.inf)
+        best_c = np.argmax(score, axis=0)  # [k]
+        gain = score[best_c, np.arange(k)] - aa  # drop of the error for each position
+        gain[~movable] = -np.inf
+        i = int(np.argmax(gain))
+        if not np.isfinite(gain[i]) or gain[i] <= rtol * obj:
+            converged = True
+            break
+        c = int(best_c[i])
+        q, ai = qs[:, i], a[:, i]
+        f_minus = f + 2.0 * ai * h[:, i] + aa[i] * ai * ai
+        g_minus = g + ai * ai
+        # Accept: R ← (I − u uᵀ)(R + q aᵀ), with u the unit residual of gene c.
+        rc = r[:, c] + q * ai[c]
+        u = rc / np.linalg.norm(rc)
+        w = r.T @ u + ai * float(q @ u)
+        rmw = r @ w + q * float(ai @ w)
+        vv = r.T @ rmw + ai * float(q @ rmw)
+        f = f_minus - 2.0 * w * vv + float(w @ w) * w * w
+        g = g_minus - w * w
+        for j in range(0, d, block):
+            sl = slice(j, j + block)
+            r[:, sl] += np.outer(q, ai[sl]) - np.outer(u, w[sl])
+        p[i] = c
+        swaps += 1
+        since_exact += 1
+        if since_exact >= exact_every:
+            r, f, g = exact()
+            since_exact = 0
+        history.append(float(g.sum()))
+    end = refit_objective(xc, p)
+    return SwapResult(panel=np.asarray(p, dtype=np.int64), objective_start=start,
+                      objective_end=end, swaps=swaps, rounds=swaps + int(converged),
+                      converged=converged, history=tuple(history))
+
+
+# --------------------------------------------------------------------------- simple ranks
+
+
+def topvar_panel(x: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    """The ``k`` genes of largest variance on the (preprocessed) training rows."""
+    var = np.asarray(x, np.float64).var(axis=0)
+    if allowed is not None:
+        var = np.where(allowed, var, -np.inf)
+    return np.sort(np.argsort(-var, kind="stable")[:k])
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A panel chosen by a selector: sorted gene indices, the time it took, a note."""
+
+    method: str
+    indices: np.ndarray
+    seconds: float
+    detail: str = ""
+    extra: dict[str, Any] | None = None
+
+
+Selector = Callable[..., tuple[np.ndarray, str]]
+
+
+def greedy_panel(
+    ds: Dataset, k: int, allowed: np.ndarray | None = None, include: Sequence[int] = ()
+) -> tuple[np.ndarray, float]:
+    """:func:`greedy_css` on the dataset's training rows, cached on ``ds``: (panel, seconds)."""
+    import time
+
+    key = ("greedy", k, None if allowed is None else np.packbits(allowed).tobytes(),
+           tuple(int(i) for i in include))
+    if key not in ds.cache:
+        t = time.perf_counter()
+        idx = greedy_css(ds.train_centred(), k, allowed=allowed, include=include)
+        ds.cache[key] = (idx, time.perf_counter() - t)
+    return ds.cache[key]
+
+
+def _greedy(ds: Dataset, k: int, seed: int, allowed: np.ndarray | None) -> tuple[np.ndarray, str]:
+    idx, _ = greedy_panel(ds, k, allowed)
+    return np.sort(idx), f"Farahat recursive greedy on {len(ds.train_sample_rows())} training rows"
+
+
+def _topvar(ds: Dataset, k: int, seed: int, allowed: np.ndarray | None) -> tuple[np.ndarray, str]:
+    return topvar_panel(ds.train_matrix(), k, allowed), "largest variance on the training rows"
+
+
+def _hvg(ds: Dataset, k: int, seed: int, allowed: np.ndarray | None) -> tuple[np.ndarray, str]:
+    from genepanel.evaluate import hvg_panel
+
+    return hvg_panel(ds.data, ds.pre, ds.train_sample_rows(), k, max_rows=ds.max_train_rows,
+                     seed=seed)
+
+
+def _random(ds: Dataset, k: int, seed: int, allowed: np.ndarray | None) -> tuple[np.ndarray, str]:
+    from genepanel.evaluate import random_panels
+
+    return random_panels(ds.n_genes, k, seed, 1)[0], "uniform without replacement"
+
+
+def _laplacian(ds: Dataset, k: int, seed: int,
+               allowed: np.ndarray | None) -> tuple[np.ndarray, str]:
+    from genepanel.baselines import laplacian_panel
+
+    x = ds.train_matrix()
+    rows = min(len(x), 10000)
+    return (laplacian_panel(x, k, max_rows=10000, seed=seed),
+            f"5-NN heat-kernel graph on {rows} training samples")
+
+
+def _pfa(ds: Dataset, k: int, seed: int, allowed: np.ndarray | None) -> tuple[np.ndarray, str]:
+    from genepanel.baselines import pfa_panel
+
+    return pfa_panel(ds.train_matrix(), k, seed=seed), f"k-means of z-scored PCA loadings (q = {k})"
+
+
+#: Baseline selectors by name (the concrete autoencoder, ``cae``, is trained in ``api``).
+SELECTORS: dict[str, Selector] = {
+    "greedy": _greedy,
+    "topvar": _topvar,
+    "hvg": _hvg,
+    "random": _random,
+    "laplacian": _laplacian,
+    "pfa": _pfa,
+}
+
+DESCRIPTIONS = {
+    "cae": "concrete autoencoder + swap refinement",
+    "cae_unrefined": "concrete autoencoder (before swap refinement)",
+    "greedy": "greedy column subset selection",
+    "topvar": "top-variance genes",
+    "hvg": "highly variable genes",
+    "random": "random panels",
+    "laplacian": "Laplacian score",
+    "pfa": "principal feature analysis",
+    "pca": "PCA bound (not a panel)",
+}
+
+
+def run_selector(
+    name: str, ds: Dataset, k: int, *, seed: int = 0, allowed: np.ndarray | None = None
+) -> Selected:
+    """Run the baseline selector ``name`` on the training rows of ``ds``; time it."""
+    import time
+
+    if name not in SELECTORS:
+        msg = f"unknown selector {name!r}; choose from {', '.join(SELECTORS)}"
+        raise UsageError(msg)
+    t = time.perf_counter()
+    idx, detail = SELECTORS[name](ds, k, seed, allowed)
+    seconds = time.perf_counter() - t
+    if name == "greedy":  # computed once per dataset; report the time it took then
+        seconds = greedy_panel(ds, k, allowed)[1]
+    return Selected(name, np.sort(np.asarray(idx, np.int64)), seconds, detail)

@@ -1,0 +1,104 @@
+"""Column subset selection: greedy forward selection, the swap search, the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genepanel.errors import UsageError
+from genepanel.selectors import (
+    centred,
+    greedy_css,
+    refit_objective,
+    swap_refine,
+    topvar_panel,
+)
+
+
+def _matrix(n=40, d=14, rank=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, d)) + 0.3 * rng.normal(size=(n, d))
+    return centred(x + rng.normal(size=d))  # an offset per gene: the refit has an intercept
+
+
+def _brute_forward(xc, k, allowed=None, include=()):
+    chosen = list(include)
+    cands = range(xc.shape[1]) if allowed is None else np.flatnonzero(allowed)
+    while len(chosen) < k:
+        best = min((c for c in cands if c not in chosen),
+                   key=lambda c: refit_objective(xc, [*chosen, c]))
+        chosen.append(int(best))
+    return chosen
+
+
+@pytest.mark.parametrize("shape", [(40, 14), (12, 30)])  # n > d (Gram) and n < d (sample space)
+def test_greedy_equals_brute_force_forward_selection(shape):
+    xc = _matrix(*shape)
+    assert greedy_css(xc, 6).tolist() == _brute_forward(xc, 6)
+
+
+def test_greedy_respects_allowed_and_include():
+    xc = _matrix(seed=1)
+    allowed = np.ones(14, bool)
+    allowed[[0, 3, 5]] = False
+    got = greedy_css(xc, 5, allowed=allowed, include=[3])
+    assert got.tolist() == _brute_forward(xc, 5, allowed, include=[3])
+    assert got[0] == 3 and not set(got[1:].tolist()) & {0, 5}
+
+
+def test_refit_objective_is_least_squares_with_intercept():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 8)) + 5.0
+    panel = [1, 4]
+    design = np.column_stack([np.ones(30), x[:, panel]])
+    resid = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    assert refit_objective(centred(x), panel) == pytest.approx(np.sum(resid**2), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_swap_never_increases_and_ends_at_a_local_optimum(seed):
+    xc = _matrix(n=30, d=16, seed=seed)
+    start = np.random.default_rng(seed).choice(16, 4, replace=False)
+    res = swap_refine(xc, start)
+    assert res.converged
+    assert np.all(np.diff(res.history) <= 1e-9 * res.history[0])  # objective never rises
+    assert res.objective_end <= res.objective_start
+    assert res.objective_end == pytest.approx(refit_objective(xc, res.panel), rel=1e-9)
+    # no single swap (any panel gene for any outside gene) improves the result
+    panel = res.panel.tolist()
+    best_swap = min(
+        refit_objective(xc, [*panel[:i], c, *panel[i + 1:]])
+        for i in range(4) for c in range(16) if c not in panel
+    )
+    assert best_swap >= res.objective_end * (1 - 1e-9)
+
+
+def test_swap_keeps_fixed_genes_and_allowed_set():
+    xc = _matrix(n=30, d=16, seed=4)
+    allowed = np.ones(16, bool)
+    allowed[8:] = False
+    res = swap_refine(xc, [0, 9, 10, 11], allowed=allowed, fixed=[9])
+    assert res.panel[1] == 9  # input order kept; the fixed gene stays
+    assert all(allowed[g] or g in (9, 10, 11) for g in res.panel)
+    assert not ({int(g) for g in res.panel} - {9, 10, 11}) - set(range(8))
+
+
+def test_swap_from_greedy_improves_or_keeps_it():
+    xc = _matrix(n=50, d=25, seed=5)
+    g = greedy_css(xc, 5)
+    res = swap_refine(xc, g)
+    assert res.objective_end <= refit_objective(xc, g) * (1 + 1e-12)
+
+
+def test_duplicate_panel_and_bad_k_are_refused():
+    xc = _matrix()
+    with pytest.raises(UsageError):
+        swap_refine(xc, [1, 1, 2])
+    with pytest.raises(UsageError):
+        greedy_css(xc, 0)
+
+
+def test_topvar_panel():
+    x = np.column_stack([np.arange(10.0) * s for s in (1, 5, 2, 4)])
+    assert topvar_panel(x, 2).tolist() == [1, 3]
+    assert topvar_panel(x, 2, allowed=np.array([True, False, True, True])).tolist() == [2, 3]
