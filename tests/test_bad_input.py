@@ -537,7 +537,7 @@ def test_sigterm_during_the_baseline_phase_exits_143_with_a_line(setup, tmp_path
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the run")
 
-    monkeypatch.setattr("genepanel.api.pca_bound", killed)
+    monkeypatch.setattr("genepanel.api.baseline_panels", killed)
     args = [a for a in FAST if a != "--no-baselines"]
     r = _run("select", data, "--k", 3, "--out", tmp_path / "o", *args)
     _one_line(r, 143, "terminated (SIGTERM)")

@@ -169,7 +169,7 @@ def test_benchmark_command_end_to_end(labelled_h5ad, tmp_path):
     path, module = labelled_h5ad
     out = tmp_path / "bench"
     res = runner.invoke(app, ["benchmark", str(path), "--k", "5", "--out", str(out),
-                              "--labels", "state", *FAST])
+                              "--accuracy-labels", "state", *FAST])
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}
     assert {"benchmark.tsv", "benchmark.md", "benchmark.json", "benchmark.png",
@@ -209,8 +209,8 @@ def test_benchmark_without_cae_or_labels(labelled_h5ad, tmp_path):
 @pytest.mark.parametrize(
     ("args", "code", "text"),
     [
-        (["--labels", "nope"], 1, "labels column 'nope' not found"),
-        (["--labels", "one"], 1, "at least two classes"),
+        (["--accuracy-labels", "nope"], 1, "labels column 'nope' not found"),
+        (["--accuracy-labels", "one"], 1, "at least two classes"),
         (["--methods", "cae,magic"], 2, "unknown method(s) magic"),
         (["--k", "500"], 2, "must be smaller than the number of genes"),
     ],

@@ -10,6 +10,7 @@ import typer
 from genepanel.cli.common import (
     EpochReporter,
     dataset_option,
+    deprecated_alias,
     gene_column_option,
     genes_option,
     layer_option,
@@ -30,10 +31,11 @@ def benchmark(
         None, "--k", help="Panel size (number of genes). (default: 50)"
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
-    labels: str | None = typer.Option(
-        None, "--labels", help="obs column with class labels: adds ExtraTrees accuracy "
-        "(for .npz input: y)."
+    accuracy_labels: str | None = typer.Option(
+        None, "--accuracy-labels", help="obs column with class labels: adds each panel's "
+        "ExtraTrees accuracy (for .npz input: y); the panels stay unsupervised."
     ),
+    labels_alias: str | None = typer.Option(None, "--labels", hidden=True),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML config; flags override it."
     ),
@@ -50,7 +52,8 @@ def benchmark(
         "seed-to-seed stability."
     ),
     refine: bool | None = typer.Option(
-        None, "--refine/--no-refine", help="Swap refinement of the autoencoder's panel."
+        None, "--refine/--no-refine", metavar="",
+        help="Swap refinement of the autoencoder's panel. (default: refine)"
     ),
     layer: str | None = layer_option(),
     gene_column: str | None = gene_column_option(),
@@ -89,6 +92,8 @@ def benchmark(
 
         from genepanel.benchmark import markdown_table, run_benchmark
 
+        labels = deprecated_alias(accuracy_labels, labels_alias, "--accuracy-labels",
+                                  "--labels")
         reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet)
         try:
             res = run_benchmark(data, cfg, out, labels=labels, methods=methods.split(","),
