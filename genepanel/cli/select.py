@@ -136,7 +136,7 @@ def select(
             if unmatched:
                 log.warning("warning: --exclude %s matched no gene", ", ".join(unmatched))
             tr = res.run["training"]
-            log.info("panel of %d genes written to %s (%s)", len(res.panel.indices), res.out,
+            log.info("panel of %d genes written to %s: %s", len(res.panel.indices), res.out,
                      tr["status"] if tr["converged"] else "NOT CONVERGED, see below")
             if tr.get("prefilter"):
                 log.info("the selector chose among the %d genes of highest variance of %d "
