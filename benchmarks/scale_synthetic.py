@@ -85,7 +85,7 @@ def main() -> None:
            "train_s": res.timings["train"], "total_s": wall, "peak_rss_gib": peak,
            "ms_per_step": 1e3 * res.fit.seconds / max(steps, 1),
            "modules": n_modules, "cae_modules": covered(cae), "topvar_modules": covered(top),
-           "cae_mse": mse["cae"], "topvar_mse": mse["topvar"], "path": tr["data_path"],
+           "cae_mse": mse["cae"], "topvar_mse": mse["topvar"], "path": tr["data_placement"],
            "batch_size": tr["batch_size"], "candidates": tr["candidate_genes"]}
     print("| cells × genes | k | converged | steps | ms/step | train s | total s | peak RSS GiB "
           "| modules hit: CAE | top-variance | of | test MSE: CAE | top-variance |")

@@ -68,6 +68,15 @@ class SelectResult:
     stability: dict[str, Any] | None = None
     cae_panel: Panel | None = None
 
+    def __repr__(self) -> str:
+        names = list(self.panel_table["gene"])
+        shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+        state = "converged" if self.fit.converged else "NOT converged"
+        mse = self.metrics.get("linear_refit_test_mse")
+        where = f", out={str(self.out)!r}" if self.out is not None else ""
+        return (f"SelectResult({len(names)} of {len(self.genes)} genes [{shown}], {state}, "
+                f"held-out linear refit MSE {mse:.4g}{where})")
+
 
 def load_input(path: Any, cfg: SelectConfig) -> ExpressionData:
     """Read the matrix named by ``path`` (or held by an AnnData) with ``cfg``'s input options."""
@@ -741,7 +750,7 @@ def _run_record(
             "collisions_resolved": result.collisions,
             "reassigned_at_extraction": panel.reassigned,
             "attempts": result.attempts,
-            "data_path": result.path,
+            "data_placement": result.data_placement,
             "batch_size": result.batch_size,
             "max_epochs": result.history[-1]["epochs"] if result.history else None,
             "steps_per_epoch": result.steps_per_epoch,

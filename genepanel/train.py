@@ -146,7 +146,7 @@ class FitResult:
     epochs_run: int
     collisions: int
     attempts: int
-    path: str
+    data_placement: str  # "device" (the training matrix on the device) or "streamed"
     batch_size: int
     steps_per_epoch: int
     n_devices: int
@@ -689,7 +689,7 @@ def fit(
         epochs_run=len(history),
         collisions=collisions,
         attempts=attempt + 1,
-        path="device" if on_device else "streamed",
+        data_placement="device" if on_device else "streamed",
         batch_size=batch,
         steps_per_epoch=steps,
         n_devices=n_dev,

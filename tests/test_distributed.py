@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     cfg = SelectConfig(k=5, seed=3).replace(**{"train.learning_rate": 0.01,
         "train.batch_size": 32, "train.max_epochs": 12, "train.device_memory_budget_gb": 0.0})
     res = select_panel(data, cfg, out, evaluate_baselines=False)
-    print(json.dumps({"procs": jax.process_count(), "path": res.fit.path,
+    print(json.dumps({"procs": jax.process_count(), "path": res.fit.data_placement,
         "panel": res.panel.indices.tolist(),
         "logits": np.asarray(res.fit.params["selector"]["logits"]).ravel()[::5].tolist(),
         "margin": float(np.min(np.diff(np.sort(np.asarray(

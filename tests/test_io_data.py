@@ -209,7 +209,7 @@ def test_streamed_input_trains_from_disk(tmp_path):
         **{"input.stream": "yes", "train.max_epochs": 5, "train.batch_size": 32}
     )
     res = select_panel(tmp_path / "p.h5ad", cfg, tmp_path / "out", evaluate_baselines=False)
-    assert res.fit.path == "streamed"
+    assert res.fit.data_placement == "streamed"
     assert "streamed" in res.run["data"]["source"]
     assert len(set(res.panel.indices)) == 5
 

@@ -67,6 +67,7 @@ def test_select_panel_accepts_anndata(pbmc):
 
     res = gp.select_panel(pbmc, SelectConfig(k=5, train={"anneal_steps": 300}))  # dict section
     assert len(res.genes) == pbmc.n_vars and len(res.panel.indices) == 5
+    assert repr(res).startswith("SelectResult(5 of 765 genes [") and len(repr(res)) < 200
 
 
 def test_tl_select_refuses_unknown_option_and_layer(pbmc):

@@ -65,7 +65,7 @@ def test_streamed_path_equals_device_path():
     fast = select_panel(data, cfg, evaluate_baselines=False)
     streamed = select_panel(data, cfg.replace(**{"train.device_memory_budget_gb": 0.0}),
                             evaluate_baselines=False)
-    assert fast.fit.path == "device" and streamed.fit.path == "streamed"
+    assert fast.fit.data_placement == "device" and streamed.fit.data_placement == "streamed"
     np.testing.assert_allclose(
         fast.fit.params["selector"]["logits"], streamed.fit.params["selector"]["logits"],
         rtol=1e-4, atol=1e-5,
@@ -137,7 +137,7 @@ DEVICE_SCRIPT = textwrap.dedent(
           "train.batch_size": 32, "train.max_epochs": 25,
           "train.device_memory_budget_gb": float(sys.argv[1])})
     res = select_panel(data, cfg, evaluate_baselines=False)
-    print(json.dumps({"devices": jax.device_count(), "path": res.fit.path,
+    print(json.dumps({"devices": jax.device_count(), "path": res.fit.data_placement,
         "panel": res.panel.indices.tolist(),
         "logits": np.asarray(res.fit.params["selector"]["logits"]).ravel()[::7].tolist(),
         "loss": [h["train_loss"] for h in res.fit.history]}))
