@@ -186,21 +186,31 @@ class Preprocessor:
                     raise DataError(msg)
                 self.target_sum = med
         if self.uses_standardize:
-            d = data.shape[1]
-            s1 = np.zeros(d, np.float64)
-            s2 = np.zeros(d, np.float64)
-            for i in range(0, len(rows), batch_size):
-                xb = self._row_transform(data.rows(rows[i : i + batch_size])).astype(np.float64)
-                s1 += xb.sum(axis=0)
-                s2 += (xb * xb).sum(axis=0)
-            n = len(rows)
-            mean = s1 / n
-            var = np.maximum(s2 / n - mean * mean, 0.0)
+            mean, var = self.row_moments(data, rows, batch_size)
             std = np.sqrt(var)
             std[std < 1e-8] = 1.0
             self.mean = mean.astype(np.float32)
             self.std = std.astype(np.float32)
         return self
+
+    def row_moments(
+        self, data: ExpressionData, rows: np.ndarray, batch_size: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gene mean and variance ``[d]`` (float64) of the per-sample-normalised ``rows``.
+
+        Only the row-wise part of the preprocessing (normalise + log1p) is applied, never
+        the per-gene z-score; read in batches of ``batch_size`` rows.
+        """
+        d = data.shape[1]
+        s1 = np.zeros(d, np.float64)
+        s2 = np.zeros(d, np.float64)
+        for i in range(0, len(rows), batch_size):
+            xb = self._row_transform(data.rows(rows[i : i + batch_size])).astype(np.float64)
+            s1 += xb.sum(axis=0)
+            s2 += (xb * xb).sum(axis=0)
+        n = max(len(rows), 1)
+        mean = s1 / n
+        return mean, np.maximum(s2 / n - mean * mean, 0.0)
 
     @staticmethod
     def _negative(data: ExpressionData) -> None:

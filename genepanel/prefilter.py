@@ -42,16 +42,7 @@ def gene_variance(
     if len(rows) > max_rows:
         rows = np.sort(np.random.default_rng([seed, 0x9F11]).choice(rows, max_rows,
                                                                      replace=False))
-    d = data.shape[1]
-    s1 = np.zeros(d, np.float64)
-    s2 = np.zeros(d, np.float64)
-    for i in range(0, len(rows), batch_size):
-        xb = pre._row_transform(data.rows(rows[i : i + batch_size])).astype(np.float64)
-        s1 += xb.sum(axis=0)
-        s2 += (xb * xb).sum(axis=0)
-    n = max(len(rows), 1)
-    mean = s1 / n
-    return np.maximum(s2 / n - mean * mean, 0.0)
+    return pre.row_moments(data, rows, batch_size)[1]
 
 
 def candidate_columns(
