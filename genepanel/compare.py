@@ -19,7 +19,10 @@ the metrics:
 With ``sweep`` concrete-autoencoder panels of several sizes are trained (the paper's
 Fig. 6b) and the smallest whose linear-decoder ``mse_all`` reaches the reference's is
 reported, counting only panels whose selector converged and whose linear fit is
-unregularised (:func:`sweep_match`).
+unregularised (:func:`sweep_match`). Greedy column subset selection and top-variance
+panels of the same sizes are scored alongside; the report says when either reaches the
+reference at a smaller size than the CAE panels or beats a CAE panel of the same size
+(:func:`baseline_notes`).
 """
 
 from __future__ import annotations
@@ -315,7 +318,8 @@ class CompareResult:
     mapping
         The reference mapped onto the data.
     sweep
-        One row per swept panel size (``None`` without ``sweep``).
+        One row per swept panel size and selector (``cae_sweep``, ``greedy``, ``topvar``),
+        plus the candidate and the reference (``None`` without ``sweep``).
     info
         JSON-able description of the run (sizes, split, fairness, files).
     """
@@ -354,6 +358,7 @@ class CompareResult:
             )
         if self.sweep is not None and i.get("sweep_match") is not None:
             lines.append(i["sweep_match"]["text"])
+            lines += [f"sweep: {n}" for n in i["sweep_match"].get("baselines", [])]
         return lines
 
 
@@ -648,7 +653,7 @@ def _sweep(
     *,
     progress: bool,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """CAE panels of several sizes; linear-decoder test MSE over all genes for each."""
+    """CAE, greedy and top-variance panels of several sizes; linear test MSE (all genes)."""
     from genepanel.api import select_panel
     from genepanel.evaluate import guarded_linear_fit
 
@@ -680,6 +685,7 @@ def _sweep(
             state = "converged" if res.fit.converged else "NOT converged"
             log.info("sweep: CAE panel of %d genes (%s): linear test MSE %.4g (%s)", k, state,
                      mse, _fit_label(how))
+    rows += _sweep_baselines(data, sel_cfg, sizes, rows_, ref, progress=progress)
     lin = summary[summary["decoder"] == "linear"].set_index("panel")
     for pname, size in (("candidate", len(cand)), ("reference", len(ref))):
         rows.append({"panel": pname, "size": size,
@@ -687,6 +693,110 @@ def _sweep(
                      "linear_fit": lin.loc[pname, "fit"]})
     df = pd.DataFrame(rows)
     return df, sweep_match(df)
+
+
+#: Baseline panels of every swept size (``panel`` values of ``sweep.tsv``).
+SWEEP_BASELINES = {"greedy": "greedy column subset selection", "topvar": "top-variance genes"}
+_NOTE_NAMES = {"greedy": "the greedy panel", "topvar": "the top-variance panel"}
+
+
+def _sweep_baselines(
+    data: ExpressionData,
+    sel_cfg: Any,
+    sizes: tuple[int, ...],
+    rows_: tuple[np.ndarray, np.ndarray | None, np.ndarray],
+    ref: np.ndarray,
+    *,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Greedy and top-variance panels of every swept size, scored like the CAE panels.
+
+    Both selectors see the compare run's training rows (the panel run's split and fitted
+    preprocessing) and the panel run's gene constraints (``--include``/``--exclude``/
+    ``--candidates``), as the CAE panels of the sweep do. Greedy selection is nested (its
+    first ``k`` genes are its panel of size ``k``), so it runs once at the largest size
+    and is sliced; each greedy row's ``seconds`` is that one run plus the row's refit.
+    """
+    from genepanel.constraints import resolve
+    from genepanel.evaluate import guarded_linear_fit
+    from genepanel.selectors import centred, greedy_css, topvar_panel
+
+    train, val, test = rows_
+    top = max(sizes)
+    con = resolve(data.genes, top, sel_cfg.include, sel_cfg.exclude, sel_cfg.candidates)
+    allowed = None
+    if con.active:
+        allowed = con.allowed.copy()
+        allowed[list(con.include)] = True
+    t = time.perf_counter()
+    order = greedy_css(centred(train), top, allowed=allowed, include=con.include)
+    greedy_s = time.perf_counter() - t
+    out = []
+    for k in sizes:
+        for name in SWEEP_BASELINES:
+            t = time.perf_counter()
+            idx = (np.sort(order[:k]) if name == "greedy" else
+                   topvar_panel(train, int(k), allowed))
+            fit, how = guarded_linear_fit(train, val, idx)
+            mse = (float(np.mean(np.square(fit.predict(test[:, idx]) - test)))
+                   if fit is not None else float("nan"))
+            seconds = time.perf_counter() - t + (greedy_s if name == "greedy" else 0.0)
+            out.append({"panel": name, "size": int(k), "mse_all_linear": mse,
+                        "linear_fit": how["fit"],
+                        "overlap_with_reference": int(np.intersect1d(idx, ref).size),
+                        "seconds": seconds})
+            if progress:
+                log.info("sweep: %s panel of %d genes: linear test MSE %.4g (%s)",
+                         name, k, mse, _fit_label(how))
+    return out
+
+
+def baseline_notes(df: pd.DataFrame) -> list[str]:
+    """Where greedy or top-variance panels do better than the swept CAE panels.
+
+    Two findings, each one sentence: a baseline reaches the reference's linear test MSE
+    at a smaller size than the smallest matching CAE panel (or where no CAE panel
+    matches), and a baseline has a lower linear test MSE than the CAE panel of the same
+    size. As in :func:`sweep_match`, only unregularised (``ols``) fits count; a CAE panel
+    whose selector did not converge is named as such.
+    """
+    if "panel" not in df or not df["panel"].isin(list(SWEEP_BASELINES)).any():
+        return []
+    r = df[df["panel"] == "reference"].iloc[0]
+    ref_mse = float(r["mse_all_linear"])
+    cae = df[df["panel"] == "cae_sweep"].sort_values("size")
+    cae_ok = cae[cae["converged"].astype(bool) & (cae["linear_fit"] == "ols")]
+    cae_hit = cae_ok[cae_ok["mse_all_linear"] <= ref_mse] if np.isfinite(ref_mse) else cae_ok[:0]
+    cae_k = int(cae_hit["size"].iloc[0]) if len(cae_hit) else None
+    by_size = cae.set_index("size")
+    notes = []
+    for name, label in _NOTE_NAMES.items():
+        b = df[(df["panel"] == name) & (df["linear_fit"] == "ols")].sort_values("size")
+        b = b[np.isfinite(b["mse_all_linear"])]
+        if np.isfinite(ref_mse):
+            hit = b[b["mse_all_linear"] <= ref_mse]
+            if len(hit) and (cae_k is None or int(hit["size"].iloc[0]) < cae_k):
+                k = int(hit["size"].iloc[0])
+                than = (f"smaller than the smallest matching CAE panel ({cae_k} genes)"
+                        if cae_k is not None else "while no converged CAE panel of the sweep "
+                        "does")
+                notes.append(f"{label} reaches the reference's linear test MSE at "
+                             f"{k} genes ({hit['mse_all_linear'].iloc[0]:.4g} ≤ "
+                             f"{ref_mse:.4g}), {than}")
+        beaten = []
+        for _, row in b.iterrows():
+            k = int(row["size"])
+            if k not in by_size.index:
+                continue
+            c = by_size.loc[k]
+            if c["linear_fit"] == "ols" and row["mse_all_linear"] < c["mse_all_linear"]:
+                conv = "" if bool(c["converged"]) else ", CAE not converged"
+                beaten.append(f"{k} genes ({row['mse_all_linear']:.4g} vs "
+                              f"{c['mse_all_linear']:.4g}{conv})")
+        if beaten:
+            notes.append(f"{label} has a lower linear test MSE than the CAE panel "
+                         f"at {'; '.join(beaten)}")
+    return notes
 
 
 def sweep_match(df: pd.DataFrame) -> dict[str, Any]:
@@ -714,7 +824,8 @@ def sweep_match(df: pd.DataFrame) -> dict[str, Any]:
     if not np.isfinite(ref_mse):
         return {"smallest_matching_size": None, "reference_mse_all_linear": None,
                 "excluded": skipped,
-                "text": "sweep: no comparison: the reference's linear fit was refused"}
+                "text": "sweep: no comparison: the reference's linear fit was refused",
+                "baselines": baseline_notes(df)}
     hit = cae[ok & (cae["mse_all_linear"] <= ref_mse)]
     if len(hit):
         k = int(hit["size"].iloc[0])
@@ -731,7 +842,7 @@ def sweep_match(df: pd.DataFrame) -> dict[str, Any]:
         text = (f"sweep: no swept panel can be compared with the reference's linear test MSE "
                 f"{ref_mse:.4g}{ref_note}: {'; '.join(skipped)}")
     return {"smallest_matching_size": k, "reference_mse_all_linear": ref_mse,
-            "excluded": skipped, "text": text}
+            "excluded": skipped, "text": text, "baselines": baseline_notes(df)}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -793,7 +904,8 @@ def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
 
     Filled circles: converged panels with an unregularised fit; hollow circles: the
     selector did not converge; crosses: ridge fits (at least as many genes as training
-    rows). Refused fits are left out. The log axis keeps an interpolating outlier from
+    rows). Triangles: the greedy and top-variance baselines (crosses in their colour for
+    ridge fits). Refused fits are left out. The log axis keeps an interpolating outlier from
     squashing the other points.
     """
     from genepanel.plots import pyplot, save_png
@@ -814,6 +926,18 @@ def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
         if sel.any():
             ax.plot(cae.loc[sel, "size"], cae.loc[sel, "mse_all_linear"], ls="none",
                     label=label, **style)
+    for name, color in (("greedy", "tab:green"), ("topvar", "tab:purple")):
+        b = sweep[sweep["panel"] == name].sort_values("size")
+        b = b[np.isfinite(b["mse_all_linear"])]
+        if not len(b):
+            continue
+        ridge = b["linear_fit"] != "ols"
+        ax.plot(b["size"], b["mse_all_linear"], "-", color=color, alpha=0.5)
+        ax.plot(b.loc[~ridge, "size"], b.loc[~ridge, "mse_all_linear"], ls="none",
+                marker="^", color=color, label=f"{SWEEP_BASELINES[name]} ({name})")
+        if ridge.any():
+            ax.plot(b.loc[ridge, "size"], b.loc[ridge, "mse_all_linear"], ls="none",
+                    marker="x", color=color, label=f"{name}, ridge fit (k ≥ n train)")
     c = sweep[sweep["panel"] == "candidate"].iloc[0]
     r = sweep[sweep["panel"] == "reference"].iloc[0]
     if np.isfinite(c["mse_all_linear"]):
@@ -882,16 +1006,30 @@ def report_markdown(res: CompareResult) -> str:
         fits = [f"{p}: {t.loc[p, 'fit']}" for p in PANELS if t.loc[p, "fit"] != "trained"]
         lines.append(f"- {dec}: {ratio:.3f}" + (f" ({', '.join(fits)})" if fits else ""))
     if res.sweep is not None:
-        lines += ["", "## Panel-size sweep", "", i["sweep_match"]["text"] + ".", "",
-                  "| panel | genes | linear test MSE (all genes) | linear fit | converged |",
-                  "|---|---:|---:|---|---|"]
-        for _, r in res.sweep.sort_values("size").iterrows():
+        lines += ["", "## Panel-size sweep", "", i["sweep_match"]["text"] + "."]
+        notes = i["sweep_match"].get("baselines", [])
+        if (res.sweep["panel"].isin(list(SWEEP_BASELINES))).any():
+            lines += ["", "Baselines at every swept size, scored the same way: greedy column "
+                      "subset selection (`greedy`, run once at the largest size and sliced: "
+                      "its panels are nested) and the top-variance genes (`topvar`), both "
+                      "chosen on the training rows. The headline above counts CAE panels "
+                      "only."]
+            if notes:
+                lines += [""] + [f"- **Baseline better:** {n}." for n in notes]
+            else:
+                lines += ["", "Neither baseline reaches the reference at a smaller size than "
+                          "the CAE panels or beats a CAE panel of the same size."]
+        lines += ["", "| panel | genes | linear test MSE (all genes) | linear fit | converged "
+                  "| seconds |", "|---|---:|---:|---|---|---:|"]
+        for _, r in res.sweep.sort_values(["size", "panel"]).iterrows():
             conv = r.get("converged")
             conv = "yes" if conv is True else "**no**" if conv is False else ""
             mse = "not fitted" if not np.isfinite(r["mse_all_linear"]) else (
                 f"{r['mse_all_linear']:.4g}")
+            secs = r.get("seconds")
+            secs = f"{secs:.3g}" if isinstance(secs, float) and np.isfinite(secs) else ""
             lines.append(f"| {r['panel']} | {int(r['size'])} | {mse} | {r['linear_fit']} "
-                         f"| {conv} |")
+                         f"| {conv} | {secs} |")
         lines += ["", "![sweep](sweep.png)"]
     nf = i["reference_not_found"]
     missing = (

@@ -71,6 +71,22 @@ def test_driver_panel_beats_planted_landmarks(planted_landmarks):
     assert cand < 0.85 * ref
     assert set(res.summary["decoder"]) >= {"linear", "mlp[16]"}
     assert list(res.sweep[res.sweep["panel"] == "cae_sweep"]["size"]) == [3, 5]
+    # baselines at every swept size, scored the same way (linear refit, same rows)
+    sweep = pd.read_csv(tmp / "cmp" / "sweep.tsv", sep="\t")
+    assert "seconds" in sweep.columns
+    for name in ("greedy", "topvar"):
+        rows = sweep[sweep["panel"] == name]
+        assert list(rows["size"]) == [3, 5], name
+        assert np.isfinite(rows["mse_all_linear"]).all() and (rows["seconds"] >= 0).all()
+        assert (rows["linear_fit"] == "ols").all()
+    ref_mse = float(sweep.loc[sweep["panel"] == "reference", "mse_all_linear"].iloc[0])
+    greedy = sweep[sweep["panel"] == "greedy"].set_index("size")
+    assert greedy.loc[N_DRIVERS, "mse_all_linear"] < ref_mse  # greedy finds the drivers
+    assert greedy.loc[N_DRIVERS, "overlap_with_reference"] == 0
+    assert isinstance(res.info["sweep_match"]["baselines"], list)
+    report = (tmp / "cmp" / "report.md").read_text()
+    assert "| greedy | 5 |" in report and "| topvar | 3 |" in report
+    assert "counts CAE panels only" in report
     info = json.loads((tmp / "cmp" / "comparison.json").read_text())
     assert info["n_genes_neither"] == len(names) - N_DRIVERS - len(landmark_idx)
     for f in ("summary.tsv", "trials.tsv", "per_gene.tsv", "report.md", "sweep.tsv"):
@@ -100,3 +116,35 @@ def test_too_few_landmarks_refused_and_cli_reference_file(planted_landmarks, tmp
                                  "--reference", str(ref), "--out", str(tmp_path / "old"),
                                  "--trials", "1", "--mlp", "8", "--epochs", "5", "-q"])
     assert r.exit_code == 0 and "--panel is deprecated" in r.output  # hidden 0.1 alias
+
+
+def test_sweep_baselines_on_an_unconstrained_run(planted_landmarks):
+    """Greedy chooses among every gene (the run has no constraints) and beats the reference."""
+    tmp, path = planted_landmarks[:2]
+    cfg = SelectConfig(k=N_DRIVERS, train={"anneal_steps": 300})
+    select_panel(path, cfg, tmp / "free", evaluate_baselines=False)
+    cmp = CompareConfig(mlp_hidden=(), trials=1, min_found=0.005, sweep=True,
+                        sweep_sizes=(2, N_DRIVERS), sweep_epochs=10)
+    res = compare_landmarks(path, tmp / "free", tmp / "cmp_free", config=cmp)
+    sweep = res.sweep
+    ref_mse = float(sweep.loc[sweep["panel"] == "reference", "mse_all_linear"].iloc[0])
+    greedy = sweep[sweep["panel"] == "greedy"].set_index("size")
+    topvar = sweep[sweep["panel"] == "topvar"].set_index("size")
+    assert list(greedy.index) == list(topvar.index) == [2, N_DRIVERS]
+    assert np.isfinite(greedy["mse_all_linear"]).all()
+    assert np.isfinite(topvar["mse_all_linear"]).all()
+    # the drivers: only the followers' own noise is left, below the landmark followers'
+    assert greedy.loc[N_DRIVERS, "mse_all_linear"] < ref_mse
+    assert greedy.loc[2, "mse_all_linear"] > greedy.loc[N_DRIVERS, "mse_all_linear"]
+    # the greedy panel reaches the reference at N_DRIVERS genes: said in the report
+    notes = res.info["sweep_match"]["baselines"]
+    cae = sweep[sweep["panel"] == "cae_sweep"].set_index("size")
+    cae_k = res.info["sweep_match"]["smallest_matching_size"]
+    if cae_k is None or cae_k > N_DRIVERS:
+        assert any("greedy panel reaches" in n for n in notes), notes
+    if greedy.loc[N_DRIVERS, "mse_all_linear"] < cae.loc[N_DRIVERS, "mse_all_linear"]:
+        assert any("greedy panel has a lower" in n for n in notes), notes
+    report = (tmp / "cmp_free" / "report.md").read_text()
+    for n in notes:
+        assert n in report
+    assert (tmp / "cmp_free" / "sweep.png").stat().st_size > 0

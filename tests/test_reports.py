@@ -87,7 +87,8 @@ def test_sweep_plot_uses_a_log_axis(tmp_path, monkeypatch):
     df = _sweep_table([
         ("cae_sweep", 50, 0.9, "ols", False), ("cae_sweep", 100, 44.6, "ols", True),
         ("cae_sweep", 200, 2.6, "ridge", True), ("candidate", 20, 0.95, "ols", None),
-        ("reference", 891, 0.5, "ridge", None),
+        ("reference", 891, 0.5, "ridge", None), ("greedy", 50, 0.7, "ols", None),
+        ("greedy", 200, 3.1, "ridge", None), ("topvar", 50, 1.2, "ols", None),
     ])
     plot_sweep(df, tmp_path / "sweep.png")
     assert scales == ["log"] and (tmp_path / "sweep.png").stat().st_size > 0
@@ -103,3 +104,25 @@ def test_guarded_ridge_is_stable_under_row_order(seed):
     b, hb = guarded_linear_fit(train[perm], val, np.arange(40))
     assert ha["alpha"] == hb["alpha"]
     np.testing.assert_allclose(a.coef, b.coef, rtol=1e-3, atol=1e-5)
+
+
+def test_sweep_report_names_baselines_that_do_better():
+    df = _sweep_table([
+        ("cae_sweep", 25, 0.90, "ols", True), ("cae_sweep", 50, 0.45, "ols", True),
+        ("greedy", 25, 0.48, "ols", None), ("greedy", 50, 0.30, "ols", None),
+        ("topvar", 25, 0.95, "ols", None), ("topvar", 50, 0.60, "ridge", None),
+        ("reference", 891, 0.50, "ols", None),
+    ])
+    m = sweep_match(df)
+    assert m["smallest_matching_size"] == 50  # the headline stays about the CAE panels
+    greedy = [n for n in m["baselines"] if "greedy" in n]
+    assert len(greedy) == 2 and not any("top-variance" in n for n in m["baselines"])
+    assert "at 25 genes" in greedy[0] and "smallest matching CAE panel (50 genes)" in greedy[0]
+    assert "25 genes (0.48 vs 0.9); 50 genes (0.3 vs 0.45)" in greedy[1]
+    # no CAE panel matches: a baseline that does is said to, and nothing without baselines
+    df.loc[1, "converged"] = False
+    m = sweep_match(df)
+    assert m["smallest_matching_size"] is None
+    assert any("no converged CAE panel" in n for n in m["baselines"])
+    assert any("CAE not converged" in n for n in m["baselines"])
+    assert sweep_match(df[~df["panel"].isin(["greedy", "topvar"])])["baselines"] == []
