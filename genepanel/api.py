@@ -31,11 +31,17 @@ from genepanel.io import (
     write_json,
     write_tsv,
 )
-from genepanel.panel import Panel, extract_panel, panel_table, related_groups
+from genepanel.panel import Panel, extract_panel, panel_table, related_groups, swap_groups
 from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
-from genepanel.selectors import Selected, greedy_panel, run_selector, swap_refine
+from genepanel.selectors import (
+    Selected,
+    greedy_panel,
+    run_selector,
+    swap_alternatives,
+    swap_refine,
+)
 from genepanel.train import FitResult, Trainer, convergence_note, eval_chunk, fit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -405,12 +411,19 @@ def _select_one(
 
     panel, refinement = refine_panel(ds, cfg, con, tr.panel)
     refined = refinement.get("genes_replaced", 0) > 0
-    if refined:
-        panel = Panel(panel.indices, _probabilities(tr.logits, panel), panel.reassigned)
-    timings["refine"] = refinement.get("seconds", 0.0)
+    moved = panel.indices != tr.panel.indices
+    if refined:  # a replaced node's selector probability says nothing of its new gene
+        prob = np.where(moved, np.nan, _probabilities(tr.logits, panel))
+        panel = Panel(panel.indices, prob.astype(np.float32), panel.reassigned)
     table = panel_table(panel, data.genes, fixed=len(con.include))
-    table["refined"] = panel.indices != tr.panel.indices
-    groups = related_groups(tr.logits, data.genes, panel, cfg.n_related)
+    table["refined"] = moved
+    if refined:
+        alt, cost = swap_alternatives(ds.train_centred(), panel.indices, cfg.n_related - 1,
+                                      allowed=con.allowed)
+        groups = swap_groups(panel.indices, alt, cost, data.genes)
+    else:
+        groups = related_groups(tr.logits, data.genes, panel, cfg.n_related)
+    timings["refine"] = refinement.get("seconds", 0.0)
 
     t = time.perf_counter()
     chunk = eval_chunk(ds.test.n, tr.trainer.n_devices)

@@ -138,6 +138,65 @@ def greedy_css(
 # --------------------------------------------------------------------------- swap search
 
 
+def _residual(xc: np.ndarray, panel: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Residual ``R = X − Q Qᵀ X`` of the refit from ``panel`` and its scores ``f``, ``g``."""
+    q_all, _ = np.linalg.qr(xc[:, list(panel)])
+    r = np.asfortranarray(xc - q_all @ (q_all.T @ xc))
+    return r, _gram_column_norms(r), np.einsum("ij,ij->j", r, r)
+
+
+def _swap_scores(
+    xc: np.ndarray, p: Sequence[int], r: np.ndarray, f: np.ndarray, g: np.ndarray,
+    ok: np.ndarray, tol_g: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Score every swap at once.
+
+    ``score[c, i] − aa[i]`` is the drop of the refit error when panel position ``i`` is
+    replaced by gene ``c`` (``-inf`` where ``c`` may not enter). Also returns ``qs``
+    (``[n, k]``: the unit direction of each panel gene orthogonal to the others),
+    ``a = Xᵀ qs``, ``h = Rᵀ(R a)`` and ``aa = ‖a_i‖²`` for the update step.
+    """
+    xp = xc[:, list(p)]
+    inv = np.linalg.pinv(xp.T @ xp)
+    v = xp @ inv  # column i is orthogonal to every other panel gene
+    norms = np.linalg.norm(v, axis=0)
+    norms[norms == 0] = 1.0
+    qs = v / norms  # [n, k]
+    a = xc.T @ qs  # [d, k]
+    h = r.T @ (r @ a)  # [d, k]
+    aa = np.einsum("ij,ij->j", a, a)  # [k]
+    num = f[:, None] + 2.0 * a * h + aa[None, :] * a * a
+    den = g[:, None] + a * a
+    cand = ok.copy()
+    cand[list(p)] = False
+    live = cand[:, None] & (den > tol_g)
+    score = np.where(live, num / np.where(live, den, 1.0), -np.inf)
+    return score, qs, a, h, aa
+
+
+def swap_alternatives(
+    xc: np.ndarray, panel: Sequence[int], n: int, *, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every panel gene, the ``n`` genes that could replace it at the least cost.
+
+    The cost of replacing panel gene ``i`` by gene ``c`` is the relative increase of the
+    training refit error, ``f(P − i + c) / f(P) − 1`` (negative where the swap would
+    improve it; never at a swap optimum). Returns ``(genes [k, n], increase [k, n])``,
+    best first: the alternatives to measure if a probe fails.
+    """
+    p = [int(x) for x in panel]
+    d = xc.shape[1]
+    ok = np.ones(d, bool) if allowed is None else np.asarray(allowed, bool)
+    r, f, g = _residual(xc, p)
+    tol_g = COLLINEAR_TOL * max(float(np.einsum("ij,ij->j", xc, xc).max()), 1e-300)
+    score, _, _, _, aa = _swap_scores(xc, p, r, f, g, ok, tol_g)
+    obj = max(float(g.sum()), 1e-300)
+    n = min(n, int(np.isfinite(score[:, 0]).sum()))
+    top = np.argsort(-score, axis=0, kind="stable")[:n].T  # [k, n]
+    gain = np.take_along_axis(score.T, top, axis=1) - aa[:, None]
+    return top.astype(np.int64), -gain / obj
+
+
 @dataclass(frozen=True)
 class SwapResult:
     """Outcome of :func:`swap_refine`.
@@ -212,9 +271,7 @@ def swap_refine(
     block = 4096
 
     def exact() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        q_all, _ = np.linalg.qr(xc[:, p])
-        r = np.asfortranarray(xc - q_all @ (q_all.T @ xc))
-        return r, _gram_column_norms(r), np.einsum("ij,ij->j", r, r)
+        return _residual(xc, p)
 
     r, f, g = exact()
     start = float(g.sum())
@@ -223,21 +280,7 @@ def swap_refine(
     converged = False
     while swaps < max_swaps:
         obj = float(g.sum())
-        xp = xc[:, p]
-        inv = np.linalg.pinv(xp.T @ xp)
-        v = xp @ inv  # column i is orthogonal to every other panel gene
-        norms = np.linalg.norm(v, axis=0)
-        norms[norms == 0] = 1.0
-        qs = v / norms  # [n, k]
-        a = xc.T @ qs  # [d, k]
-        h = r.T @ (r @ a)  # [d, k]
-        aa = np.einsum("ij,ij->j", a, a)  # [k]
-        num = f[:, None] + 2.0 * a * h + aa[None, :] * a * a
-        den = g[:, None] + a * a
-        cand = ok.copy()
-        cand[p] = False
-        live = cand[:, None] & (den > tol_g)
-        score = np.where(live, num / np.where(live, den, 1.0), -np.inf)
+        score, qs, a, h, aa = _swap_scores(xc, p, r, f, g, ok, tol_g)
         best_c = np.argmax(score, axis=0)  # [k]
         gain = score[best_c, np.arange(k)] - aa  # drop of the error for each position
         gain[~movable] = -np.inf

@@ -186,10 +186,12 @@ def select(
     ``adata.var[f"{key_added}_node"]``
         int, the selector node that chose the gene (-1 for genes outside the panel).
     ``adata.var[f"{key_added}_probability"]``
-        float, the node's selection probability on its gene (NaN outside the panel).
+        float, the node's selection probability on its gene (NaN outside the panel, and
+        for genes the swap refinement put in place of the node's own).
     ``adata.uns[key_added]``
-        ``config``, ``metrics`` (held-out errors and baselines), ``groups`` (related genes
-        per node), ``training`` and ``provenance`` (versions, seed, time).
+        ``config``, ``panel``, ``refined`` (panel genes the swap refinement chose),
+        ``metrics`` (held-out errors and baselines), ``groups`` (alternatives per node),
+        ``training`` and ``provenance`` (versions, seed, time).
     """
     from genepanel import __version__
     from genepanel.api import select_panel
@@ -224,6 +226,7 @@ def select(
         "config": cfg.to_dict(),
         "layer": layer,
         "panel": list(table["gene"]),
+        "refined": list(table.loc[table["refined"], "gene"]) if "refined" in table else [],
         "metrics": res.metrics,
         "training": res.run.get("training", {}),
         "groups": {c: groups[c].to_numpy() if groups[c].dtype != object

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from genepanel.cli import app
+from tests.conftest import planted
 
 runner = CliRunner()
 FAST = ["--epochs", "30", "--batch-size", "32", "--lr", "0.01", "--seed", "1", "-q"]
@@ -203,6 +204,19 @@ def test_refinement_is_reported_and_the_saved_decoder_reads_the_final_panel(plan
         assert m["trained_decoder_test_mse"] == m["linear_refit_test_mse"]
     beaten = m["baselines_better_than_panel"]
     assert ("beat this panel" in res.output) == bool(beaten)
+    if ref["genes_replaced"]:
+        # a replaced node's selector probability is not reported for its new gene, and
+        # groups.tsv lists, per panel gene, the genes that replace it at the least cost
+        assert (panel["probability"].isna() == panel["refined"]).all()
+        groups = pd.read_csv(out / "groups.tsv", sep="\t")
+        _, genes, drivers, modules = planted()
+        module = dict(zip(genes, modules, strict=True))
+        assert sorted(panel["gene"]) == drivers  # the swap optimum measures the drivers
+        for _, g in groups.groupby("node"):
+            cost = g["refit_error_increase"].to_numpy()
+            assert g["selected"].iloc[0] and cost[0] == 0 and (np.diff(cost) >= 0).all()
+            best_alt = g["gene"].iloc[1]  # a follower of the same hidden driver
+            assert module[best_alt] == module[g["panel_gene"].iloc[0]]
 
     out2 = tmp_path / "plain"
     res = _run("select", path, "--k", 5, "--out", out2, "--no-refine", *FAST)

@@ -10,6 +10,7 @@ from genepanel.selectors import (
     centred,
     greedy_css,
     refit_objective,
+    swap_alternatives,
     swap_refine,
     topvar_panel,
 )
@@ -71,6 +72,21 @@ def test_swap_never_increases_and_ends_at_a_local_optimum(seed):
         for i in range(4) for c in range(16) if c not in panel
     )
     assert best_swap >= res.objective_end * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("shape", [(40, 14), (12, 30)])
+def test_swap_alternatives_equal_brute_force_swaps(shape):
+    xc = _matrix(n=shape[0], d=shape[1], seed=4)
+    panel = swap_refine(xc, [0, 1, 2, 3]).panel.tolist()
+    alt, inc = swap_alternatives(xc, panel, 3)
+    base = refit_objective(xc, panel)
+    for i in range(4):
+        cost = {c: refit_objective(xc, [*panel[:i], c, *panel[i + 1:]]) / base - 1
+                for c in range(shape[1]) if c not in panel}
+        want = sorted(cost, key=cost.get)[:3]
+        np.testing.assert_allclose(inc[i], [cost[c] for c in want], rtol=1e-6, atol=1e-9)
+        assert [cost[c] for c in alt[i]] == pytest.approx([cost[c] for c in want], rel=1e-6)
+    assert (inc >= -1e-9).all()  # a swap optimum: no replacement lowers the error
 
 
 def test_swap_keeps_fixed_genes_and_allowed_set():

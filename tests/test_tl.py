@@ -40,7 +40,10 @@ def test_tl_select_writes_var_and_uns(annotated, tmp_path):
     assert sorted(nodes[out.var["genepanel"]]) == list(range(12))
     assert (nodes[~out.var["genepanel"]] == -1).all()
     probs = out.var["genepanel_probability"]
-    assert probs[out.var["genepanel"]].between(0, 1).all()
+    # the node's probability; NaN where the swap refinement replaced the node's gene
+    refined = set(out.uns["genepanel"]["refined"])
+    for gene, p in probs[out.var["genepanel"]].items():
+        assert (np.isnan(p) and gene in refined) or (0 <= p <= 1 and gene not in refined)
     assert probs[~out.var["genepanel"]].isna().all()
     uns = out.uns["genepanel"]
     assert uns["config"]["k"] == 12 and uns["config"]["train"]["anneal_steps"] == 1500
