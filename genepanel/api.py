@@ -420,7 +420,7 @@ def _select_one(
     if refined:
         alt, cost = swap_alternatives(ds.train_centred(), panel.indices, cfg.n_related - 1,
                                       allowed=con.allowed)
-        groups = swap_groups(panel.indices, alt, cost, data.genes)
+        groups = swap_groups(panel, alt, cost, data.genes, fixed=len(con.include))
     else:
         groups = related_groups(tr.logits, data.genes, panel, cfg.n_related)
     timings["refine"] = refinement.get("seconds", 0.0)

@@ -105,24 +105,27 @@ def related_groups(logits: np.ndarray, genes: list[str], panel: Panel, n: int = 
 
 
 def swap_groups(
-    panel: np.ndarray, alternatives: np.ndarray, increase: np.ndarray, genes: list[str]
+    panel: Panel, alternatives: np.ndarray, increase: np.ndarray, genes: list[str],
+    fixed: int = 0,
 ) -> pd.DataFrame:
     """``groups.tsv`` for a panel refined by swap search: alternatives by refit cost.
 
-    For node ``i`` the panel gene comes first (``selected``), then the genes
+    For node ``i`` the panel gene comes first (``selected``, with the node's
+    ``probability`` where the refinement kept the node's own gene), then the genes
     ``alternatives[i]`` that could replace it at the least cost, each with
     ``refit_error_increase``: the relative rise of the training refit error if it
     replaced the panel gene (see :func:`genepanel.selectors.swap_alternatives`). The
-    selector's probabilities describe the autoencoder's own genes, not these, so
-    ``probability`` is empty.
+    selector's probabilities describe the autoencoder's genes, not these, so their
+    ``probability`` is empty. The first ``fixed`` nodes (``--include``) list none.
     """
     rows = []
-    for node, chosen in enumerate(np.asarray(panel)):
-        ranked = [(int(chosen), 0.0)]
-        ranked += [(int(g), float(c)) for g, c in zip(alternatives[node], increase[node],
-                                                        strict=True)]
-        for rank, (g, cost) in enumerate(ranked, start=1):
+    for node, chosen in enumerate(np.asarray(panel.indices)):
+        ranked = [(int(chosen), float(panel.probability[node]), 0.0)]
+        if node >= fixed:
+            ranked += [(int(g), np.nan, float(c))
+                       for g, c in zip(alternatives[node], increase[node], strict=True)]
+        for rank, (g, prob, cost) in enumerate(ranked, start=1):
             rows.append({"node": node, "panel_gene": genes[int(chosen)], "rank": rank,
-                         "gene": genes[g], "probability": np.nan, "selected": rank == 1,
+                         "gene": genes[g], "probability": prob, "selected": rank == 1,
                          "refit_error_increase": cost})
     return pd.DataFrame(rows)
