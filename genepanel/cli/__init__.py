@@ -13,24 +13,22 @@ from genepanel.cli import impute as _impute
 from genepanel.cli import select as _select
 
 
-class _Command(TyperCommand):
+class _NoBoolHelp:
+    """``--help`` shown without a ``<bool>`` label."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)  # type: ignore[misc]
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class _Command(_NoBoolHelp, TyperCommand):
     """A command whose ``--help`` flag shows no ``<bool>`` label."""
 
-    def get_help_option(self, ctx: Any) -> Any:
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
 
-
-class _Group(TyperGroup):
+class _Group(_NoBoolHelp, TyperGroup):
     """The root command, with the same ``--help`` display."""
-
-    def get_help_option(self, ctx: Any) -> Any:
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
 
 
 app = typer.Typer(
