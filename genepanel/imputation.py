@@ -36,6 +36,7 @@ from genepanel.io import (
     BackedMatrix,
     read_matrix,
     temp_file_beside,
+    uns_safe,
     write_error,
     write_json,
     write_tsv,
@@ -472,15 +473,6 @@ def _obs(rows: _Rows) -> pd.DataFrame:
     return obs
 
 
-def _h5_safe(obj: Any) -> Any:
-    """Drop ``None`` values (AnnData cannot store them) recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _h5_safe(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, list | tuple):
-        return [_h5_safe(v) for v in obj]
-    return obj
-
-
 def impute(
     data: Any,
     model: FittedModel | str | Path,
@@ -565,7 +557,7 @@ def impute(
                              rows.n)
             uns["evaluation"] = ev.summary
             out.uns["genepanel_impute_per_gene"] = ev.per_gene
-        out.uns[UNS_KEY] = _h5_safe(uns)
+        out.uns[UNS_KEY] = uns_safe(uns)
         return out
     finally:
         rows.close()
@@ -810,7 +802,7 @@ def impute_file(
                 prov["evaluation"] = ev.summary
             _write_elem(f, "obs", _obs(rows))
             _write_elem(f, "var", _var(model, plan, rows, keep_measured=keep_measured))
-            _write_elem(f, "uns", {UNS_KEY: _h5_safe(prov)})
+            _write_elem(f, "uns", {UNS_KEY: uns_safe(prov)})
             for empty in ("obsm", "varm", "obsp", "varp", "layers"):
                 _write_elem(f, empty, {})
     finally:

@@ -891,3 +891,23 @@ class OutputDir:
 
     def __del__(self) -> None:
         self.release()
+
+
+def uns_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that ``AnnData.write_h5ad`` accepts in ``uns``.
+
+    ``None`` values are dropped, lists of strings or numbers become arrays, other lists
+    dicts keyed by position, NumPy scalars Python scalars.
+    """
+    if isinstance(obj, dict):
+        return {str(k): uns_safe(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list | tuple):
+        items = [v for v in obj if v is not None]
+        if all(isinstance(v, str) for v in items):
+            return np.array(items, dtype=object) if items else np.array([], dtype=float)
+        if all(isinstance(v, bool | int | float | np.number) for v in items):
+            return np.asarray(items)
+        return {str(i): uns_safe(v) for i, v in enumerate(items)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -125,22 +125,6 @@ def _config(n_genes: int, config: SelectConfig | None, options: dict[str, Any]) 
     return cfg.replace(**changes)
 
 
-def _h5_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that ``AnnData.write_h5ad`` accepts in ``uns`` (no ``None``, no tuples)."""
-    if isinstance(obj, dict):
-        return {str(k): _h5_safe(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, list | tuple):
-        items = [v for v in obj if v is not None]
-        if all(isinstance(v, str) for v in items):
-            return np.array(items, dtype=object) if items else np.array([], dtype=float)
-        if all(isinstance(v, bool | int | float | np.number) for v in items):
-            return np.asarray(items)
-        return {str(i): _h5_safe(v) for i, v in enumerate(items)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def select(
     adata: ad.AnnData,
     n_genes: int,
@@ -195,6 +179,7 @@ def select(
     """
     from genepanel import __version__
     from genepanel.api import select_panel
+    from genepanel.io import uns_safe
 
     cfg = _config(n_genes, config, options)
     data = expression_from_anndata(adata, layer)
@@ -222,7 +207,7 @@ def select(
     target.var[f"{key_added}_probability"] = prob
     groups = res.groups.copy()
     groups["selected"] = groups["selected"].astype(bool)
-    target.uns[key_added] = _h5_safe({
+    target.uns[key_added] = uns_safe({
         "config": cfg.to_dict(),
         "layer": layer,
         "panel": list(table["gene"]),
