@@ -108,7 +108,7 @@ def _check_k(k: int, d: int) -> None:
 
 
 def select_panel(
-    data: ExpressionData | ad.AnnData | str | Path,
+    data: ExpressionData | ad.AnnData | str | Path | Dataset,
     cfg: SelectConfig,
     out: str | Path | None = None,
     *,
@@ -124,8 +124,9 @@ def select_panel(
     ----------
     data
         An :class:`~genepanel.io.ExpressionData`, an :class:`anndata.AnnData` (``X`` or
-        ``cfg.input.layer``; see also :func:`genepanel.tl.select`) or a path to
-        ``.h5ad``/HDF5/``.npz``.
+        ``cfg.input.layer``; see also :func:`genepanel.tl.select`), a path to
+        ``.h5ad``/HDF5/``.npz``, or a :class:`~genepanel.dataset.Dataset` built with
+        ``cfg`` (its split and preprocessing are used as they are).
     cfg
         The validated configuration.
     out
@@ -150,7 +151,7 @@ def select_panel(
 
 
 def select_panels(
-    data: ExpressionData | ad.AnnData | str | Path,
+    data: ExpressionData | ad.AnnData | str | Path | Dataset,
     cfg: SelectConfig,
     ks: list[int],
     out: str | Path | None = None,
@@ -178,28 +179,14 @@ def select_panels(
                            command="select")
     if outdir is not None:
         outdir.check(staging=is_main_process())
-    src = None if isinstance(data, ExpressionData) else data
-    if src is not None:
-        data = load_input(src, cfg)
-    load_s = time.perf_counter() - t0
-    for k in ks:
-        _check_k(k, data.shape[1])
-    constraints = [
-        resolve_constraints(data.genes, k, cfg.include, cfg.exclude, cfg.candidates) for k in ks
-    ]
-    hint = counts_hint(data, cfg.preprocess) if is_main_process() else None
-    if hint:
-        log.warning(hint)
-    prep = Dataset.build(data, cfg)
-    prep.timings["load"] = load_s
-
+    prep, src, constraints = _prepare(data, cfg, ks, t0)
     main = is_main_process()
     staging = None
     if outdir is not None:
         # Only process 0 writes; the others train alongside it and write nothing.
         staging = outdir.prepare() if main else outdir.staging
         if main:
-            _check_resume_config(staging, cfg, ks, resume, input_identity(data, src))
+            _check_resume_config(staging, cfg, ks, resume, input_identity(prep.data, src))
     results = []
     for k, con in zip(ks, constraints, strict=True):
         folder = None if staging is None else (staging if len(ks) == 1 else staging / f"k{k}")
@@ -211,12 +198,48 @@ def select_panels(
             _write_run(folder, sel)
         results.append(sel)
     if outdir is not None and main:
-        if len(ks) > 1:
-            _write_sizes(staging, results)
-        committed = outdir.commit()
-        for k, sel in zip(ks, results, strict=True):
-            sel.out = committed if len(ks) == 1 else committed / f"k{k}"
+        _commit_sizes(outdir, staging, ks, results)
     return results
+
+
+def _prepare(
+    data: Any, cfg: SelectConfig, ks: list[int], t0: float
+) -> tuple[Dataset, Any, list[Constraints]]:
+    """The :class:`Dataset` (loaded and built, or given), the input source, constraints.
+
+    A given ``Dataset`` must have been built with ``cfg``'s split, seed and labels.
+    """
+    given = data if isinstance(data, Dataset) else None
+    if given is not None:
+        data = given.data
+    src = None if isinstance(data, ExpressionData) else data
+    if src is not None:
+        data = load_input(src, cfg)
+    load_s = time.perf_counter() - t0
+    for k in ks:
+        _check_k(k, data.shape[1])
+    constraints = [
+        resolve_constraints(data.genes, k, cfg.include, cfg.exclude, cfg.candidates) for k in ks
+    ]
+    if given is not None:
+        return given, None, constraints
+    hint = counts_hint(data, cfg.preprocess) if is_main_process() else None
+    if hint:
+        log.warning(hint)
+    prep = Dataset.build(data, cfg)
+    prep.timings["load"] = load_s
+    return prep, src, constraints
+
+
+def _commit_sizes(
+    outdir: OutputDir, staging: Path, ks: list[int], results: list[SelectResult]
+) -> None:
+    """Write the size table (several sizes), commit the run folder, set each result's ``out``."""
+    if len(ks) > 1:
+        _write_sizes(staging, results)
+    committed = outdir.commit()
+    for k, sel in zip(ks, results, strict=True):
+        sel.out = committed if len(ks) == 1 else committed / f"k{k}"
 
 
 @dataclass
