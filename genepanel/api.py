@@ -468,6 +468,21 @@ def _select_one(
     metrics = _metrics(scores, test_eval, refinement, chosen, refined=refined, n_lab=n_lab)
     timings["evaluate"] = time.perf_counter() - t
 
+    model = _fitted_model(ds, cfg, tr, panel, scores, metrics, refined=refined)
+    timings["total"] = sum(timings.values())
+    run = _select_run_record(ds, cfg, con, tr, panel, scores, metrics, timings, refinement,
+                             chosen)
+    return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
+                        fit=result, metrics=metrics, run=run, split=ds.split, model=model,
+                        timings=timings, stability=tr.stability, cae_panel=tr.panel)
+
+
+def _fitted_model(
+    ds: Dataset, cfg: SelectConfig, tr: _Trained, panel: Panel, scores: Scores,
+    metrics: dict[str, Any], *, refined: bool,
+) -> FittedModel:
+    """The saved model of one panel: its genes, decoder, linear refit and preprocessing."""
+    data, result = ds.data, tr.result
     fits = scores.fits
     if refined:
         # The trained decoder reads the autoencoder's panel; the saved decoder must read
@@ -475,7 +490,7 @@ def _select_one(
         params = {"out": {"kernel": fits["cae"].coef, "bias": fits["cae"].intercept}}
     else:
         params = result.params["decoder"]
-    model = FittedModel(
+    return FittedModel(
         panel_genes=[data.genes[i] for i in panel.indices],
         genes=list(data.genes),
         panel_index=panel.indices,
@@ -487,7 +502,15 @@ def _select_one(
               "source": data.source, "metrics": metrics, "label_classes": ds.classes,
               "labels_key": cfg.labels},
     )
-    timings["total"] = sum(timings.values())
+
+
+def _select_run_record(
+    ds: Dataset, cfg: SelectConfig, con: Constraints, tr: _Trained, panel: Panel,
+    scores: Scores, metrics: dict[str, Any], timings: dict[str, float],
+    refinement: dict[str, Any], chosen: dict[str, Selected],
+) -> dict[str, Any]:
+    """``run.json`` of one panel."""
+    data, result, n_lab = ds.data, tr.result, len(ds.classes)
     run = _run_record(cfg, data, ds.split, result, panel, metrics, timings)
     trainer = tr.trainer
     run["training"]["candidate_genes"] = trainer.width
@@ -503,9 +526,7 @@ def _select_one(
         run["constraints"] = con.report
     if tr.stability is not None:
         run["restarts"] = tr.stability["summary"]
-    return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
-                        fit=result, metrics=metrics, run=run, split=ds.split, model=model,
-                        timings=timings, stability=tr.stability, cae_panel=tr.panel)
+    return run
 
 
 def _prefilter(ds: Dataset, cfg: SelectConfig, con: Constraints) -> Any:
@@ -551,6 +572,19 @@ def _metrics(
     if n_lab:
         metrics["trained_decoder_test_accuracy"] = test_eval["accuracy"]
         metrics["trained_decoder_test_cross_entropy"] = test_eval["cross_entropy"]
+    metrics.update(_baseline_metrics(scores, mse, chosen))
+    if n_lab:
+        metrics["extra_trees_test_accuracy"] = _tree_accuracies(scores)
+    metrics["test_variance"] = scores.test_variance
+    metrics["baselines_better_than_panel"] = beaten_by(scores)
+    return metrics
+
+
+def _baseline_metrics(
+    scores: Scores, mse: dict[str, float], chosen: dict[str, Selected]
+) -> dict[str, Any]:
+    """The baselines' and the PCA bound's test errors, as ``run.json`` metrics."""
+    metrics: dict[str, Any] = {}
     rand = np.array([v for name, v in mse.items() if name.startswith("random_")])
     if len(rand):
         metrics["random_panel_test_mse"] = {
@@ -565,19 +599,20 @@ def _metrics(
     if scores.pca is not None:
         metrics["pca_bound_test_mse"] = scores.pca.test_mse
         metrics["pca_components"] = scores.pca.components
-    if n_lab:
-        acc = {name: s.accuracy for name, s in scores.panels.items() if s.accuracy is not None}
-        trees: dict[str, float | None] = {"cae": acc.get("cae")}
-        racc = [v for name, v in acc.items() if name.startswith("random_")]
-        if racc:
-            trees["random_mean"] = float(np.mean(racc))
-        for name in ("hvg", "topvar", "greedy"):
-            if name in acc:
-                trees[name] = acc[name]
-        metrics["extra_trees_test_accuracy"] = trees
-    metrics["test_variance"] = scores.test_variance
-    metrics["baselines_better_than_panel"] = beaten_by(scores)
     return metrics
+
+
+def _tree_accuracies(scores: Scores) -> dict[str, float | None]:
+    """ExtraTrees test accuracy of the panel and the baselines (random: their mean)."""
+    acc = {name: s.accuracy for name, s in scores.panels.items() if s.accuracy is not None}
+    trees: dict[str, float | None] = {"cae": acc.get("cae")}
+    racc = [v for name, v in acc.items() if name.startswith("random_")]
+    if racc:
+        trees["random_mean"] = float(np.mean(racc))
+    for name in ("hvg", "topvar", "greedy"):
+        if name in acc:
+            trees[name] = acc[name]
+    return trees
 
 
 def beaten_by(scores: Scores, panel: str = "cae") -> list[dict[str, Any]]:
