@@ -7,8 +7,10 @@ the training rows: the closed-form unregularised linear regression (ridge with t
 penalty chosen on the validation rows where the panel has at least as many genes, plus
 intercept, as there are training rows: least squares would interpolate them; see
 :func:`genepanel.evaluate.guarded_linear_fit`), and MLPs (Dense + LeakyReLU(0.2), Adam,
-early stopping on the validation rows) over several seeds. The held-out test rows give
-the metrics:
+early stopping on the validation rows) over several seeds. The data are held in a
+:class:`~genepanel.dataset.Dataset` (the run's split and fitted preprocessing, each part
+read once) and every panel and decoder is scored by :func:`genepanel.evaluate.score`
+(``guarded``, ``per_gene``) in one pass over the test rows, which give the metrics:
 
 - ``mse_all``: mean squared error over every gene (the paper's metric; a panel's own
   genes count too, which favours the larger panel);
@@ -16,9 +18,9 @@ the metrics:
   imputation comparison);
 - per-gene Pearson correlation over the genes in neither panel (mean and median).
 
-With ``sweep`` concrete-autoencoder panels of several sizes are trained (the paper's
-Fig. 6b) and the smallest whose linear-decoder ``mse_all`` reaches the reference's is
-reported, counting only panels whose selector converged and whose linear fit is
+With ``sweep`` concrete-autoencoder panels of several sizes are trained on the same
+``Dataset`` (the paper's Fig. 6b) and the smallest whose linear-decoder ``mse_all``
+reaches the reference's is reported, counting only panels whose selector converged and whose linear fit is
 unregularised (:func:`sweep_match`). Greedy column subset selection and top-variance
 panels of the same sizes are scored alongside; the report says when either reaches the
 reference at a smaller size than the CAE panels or beats a CAE panel of the same size

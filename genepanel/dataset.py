@@ -18,7 +18,15 @@ import jax
 import numpy as np
 
 from genepanel.config import SelectConfig
-from genepanel.data import Preprocessor, Split, dense_rows, label_codes, make_split, resolve_labels
+from genepanel.data import (
+    Preprocessor,
+    Split,
+    dense_rows,
+    label_codes,
+    make_split,
+    resolve_labels,
+    sample_rows,
+)
 from genepanel.errors import DataError
 from genepanel.io import ExpressionData
 from genepanel.train import RowSource
@@ -82,10 +90,7 @@ class Dataset:
                        "training samples; supervised panels need at least two")
                 raise DataError(msg)
         lab = {"labels": codes, "n_classes": len(classes)}
-        val_rows = split.val
-        if len(val_rows) > VAL_ROWS:
-            val_rows = np.sort(np.random.default_rng([cfg.seed, 17]).choice(
-                val_rows, VAL_ROWS, replace=False))
+        val_rows = sample_rows(split.val, VAL_ROWS, cfg.seed, 17)
         # The test rows are read once and kept when they fit a quarter of the host budget.
         keep_test = len(split.test) * d * 4 <= host // 4 and not data.is_backed
         return cls(
@@ -113,11 +118,8 @@ class Dataset:
     def train_sample_rows(self) -> np.ndarray:
         """The training rows the selectors see (all, or a random subset within the budget)."""
         if self._train_rows is None:
-            rows = self.split.train
-            if len(rows) > self.max_train_rows:
-                rng = np.random.default_rng([self.seed, 0x5E1])
-                rows = np.sort(rng.choice(rows, self.max_train_rows, replace=False))
-            self._train_rows = rows
+            self._train_rows = sample_rows(self.split.train, self.max_train_rows, self.seed,
+                                           0x5E1)
         return self._train_rows
 
     def train_matrix(self) -> np.ndarray:

@@ -3,10 +3,11 @@
 All metrics are mean squared errors over every entry of the preprocessed test matrix
 (``‖X̂ − X‖²_F / (n·d)``, the paper's metric). Data are streamed in row batches, so a
 sparse matrix is never densified whole. :func:`score` is the one scoring function of
-``select`` and ``benchmark``: every panel, the PCA bound and (with labels) ExtraTrees
-accuracy from one pass over the training rows and one over the test rows of a
+``select``, ``benchmark`` and ``compare-landmarks``: every panel, the PCA bound, (with
+labels) ExtraTrees accuracy, (on request) per-gene errors, guarded refits and already
+fitted decoders, from one pass over the training rows and one over the test rows of a
 :class:`~genepanel.dataset.Dataset`, returned as :class:`Scores`. :func:`fit_linear` and
-:func:`linear_test_mse` stay for callers that hold no ``Dataset`` (``compare``).
+:func:`linear_test_mse` stay for callers that hold no ``Dataset`` (benchmark scripts).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from genepanel.data import Preprocessor
+from genepanel.data import Preprocessor, sample_rows
 from genepanel.io import ExpressionData
 
 
@@ -171,8 +172,7 @@ def hvg_panel(
     import anndata as ad
     import scanpy as sc
 
-    if len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng([seed, 13]).choice(rows, max_rows, replace=False))
+    rows = sample_rows(rows, max_rows, seed, 13)
     row_pre = Preprocessor(kind="log1p" if pre.uses_log1p else "none", target_sum=pre.target_sum)
     # Sparse input stays sparse here: scanpy computes dispersions on CSR directly.
     x = _row_transformed(data, row_pre, rows)
