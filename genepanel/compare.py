@@ -20,11 +20,11 @@ read once) and every panel and decoder is scored by :func:`genepanel.evaluate.sc
 
 With ``sweep`` concrete-autoencoder panels of several sizes are trained on the same
 ``Dataset`` (the paper's Fig. 6b) and the smallest whose linear-decoder ``mse_all``
-reaches the reference's is reported, counting only panels whose selector converged and whose linear fit is
-unregularised (:func:`sweep_match`). Greedy column subset selection and top-variance
-panels of the same sizes are scored alongside; the report says when either reaches the
-reference at a smaller size than the CAE panels or beats a CAE panel of the same size
-(:func:`baseline_notes`).
+reaches the reference's is reported, counting only panels whose selector converged and
+whose linear fit is unregularised (:func:`sweep_match`). Greedy column subset selection
+and top-variance panels of the same sizes are scored alongside; the report says when
+either reaches the reference at a smaller size than the CAE panels or beats a CAE panel
+of the same size (:func:`baseline_notes`).
 """
 
 from __future__ import annotations
