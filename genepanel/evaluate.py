@@ -13,7 +13,7 @@ fitted decoders, from one pass over the training rows and one over the test rows
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,33 +60,10 @@ def fit_linear(
     solved with a least-squares solver, so a rank-deficient panel (duplicated or
     constant genes) still gets the minimum-norm solution.
     """
-    union = np.unique(np.concatenate([np.asarray(p) for p in panels.values()]))
-    pos = {int(g): i for i, g in enumerate(union)}
-    d = data.shape[1]
-    s_u = np.zeros(len(union))
-    s_x = np.zeros(d)
-    uu = np.zeros((len(union), len(union)))
-    ux = np.zeros((len(union), d))
-    n = 0
-    for xb in _batches(data, pre, rows, batch):
-        xb64 = xb.astype(np.float64)
-        xu = xb64[:, union]
-        s_u += xu.sum(0)
-        s_x += xb64.sum(0)
-        uu += xu.T @ xu
-        ux += xu.T @ xb64
-        n += len(xb)
-    mu_u, mu_x = s_u / n, s_x / n
-    fits = {}
-    for name, panel in panels.items():
-        sel = np.array([pos[int(g)] for g in panel])
-        cov = uu[np.ix_(sel, sel)] - n * np.outer(mu_u[sel], mu_u[sel])
-        cross = ux[sel] - n * np.outer(mu_u[sel], mu_x)
-        coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
-        intercept = mu_x - mu_u[sel] @ coef
-        fits[name] = LinearFit(np.asarray(panel), coef.astype(np.float32),
-                               intercept.astype(np.float32))
-    return fits
+    union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in panels.values()]))
+    blocks = ((None, xb) for xb in _batches(data, pre, rows, batch))
+    mom = _train_moments(blocks, data.shape[1], union, None)
+    return {name: _ols_fit(mom, panel)[0] for name, panel in panels.items()}
 
 
 def guarded_linear_fit(
@@ -142,12 +119,10 @@ def linear_test_mse(
     batch: int = 2048,
 ) -> dict[str, float]:
     """Test MSE of each fitted panel regression over ``rows`` (one pass)."""
-    sse = dict.fromkeys(fits, 0.0)
-    for xb in _batches(data, pre, rows, batch):
-        for name, fit in fits.items():
-            sse[name] += float(np.sum(np.square(fit.predict(xb[:, fit.panel]) - xb)))
-    total = len(rows) * data.shape[1]
-    return {name: v / total for name, v in sse.items()}
+    test = _TestPass(data.shape[1], {name: (f.panel, f.predict) for name, f in fits.items()},
+                     per_gene=False)
+    test.run(((None, xb) for xb in _batches(data, pre, rows, batch)), None)
+    return {name: err.mse_all(test.m) for name, err in test.errors.items()}
 
 
 def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
@@ -315,13 +290,13 @@ def score(
     """
     d = ds.n_genes
     union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in panels.values()]))
-    mom = _train_moments(ds, union, labels)
+    mom = _train_moments(ds.blocks("train"), d, union, labels)
     fits, train_mse, how = _linear_fits(ds, mom, panels, guarded=guarded)
     pca_model, fit_rows = _pca(ds, pca_k, seed) if pca_k is not None else (None, 0)
     predictors = {name: (fit.panel, fit.predict) for name, fit in fits.items()}
     predictors.update(decoders or {})
     test = _TestPass(d, predictors, per_gene=per_gene or bool(decoders))
-    test.run(ds, pca_model, union if labels is not None else None, labels)
+    test.run(ds.blocks("test"), pca_model, union if labels is not None else None, labels)
     m = test.m
     pca = (BoundScore(test.pca_sse / (m * d), pca_model.n_components_, fit_rows)
            if pca_model is not None else None)
@@ -362,15 +337,20 @@ class _Moments:
     lab: list[np.ndarray]
 
 
-def _train_moments(ds, union: np.ndarray, labels: np.ndarray | None) -> _Moments:
-    """One pass over the training rows (also keeps the labelled rows' panel genes)."""
-    d = ds.n_genes
+def _train_moments(
+    blocks: Iterable[tuple[Any, np.ndarray]], d: int, union: np.ndarray,
+    labels: np.ndarray | None,
+) -> _Moments:
+    """One pass over ``(data rows, [b, d] rows)`` blocks of the training rows.
+
+    With ``labels`` the labelled rows' panel genes are kept too (for the accuracies).
+    """
     s_u, s_x, s_xx = np.zeros(len(union)), np.zeros(d), np.zeros(d)
     uu = np.zeros((len(union), len(union)))
     ux = np.zeros((len(union), d))
     lab: list[np.ndarray] = []
     n = 0
-    for rows, xb in ds.blocks("train"):
+    for rows, xb in blocks:
         xb64 = xb.astype(np.float64)
         xu = xb64[:, union]
         s_u += xu.sum(0)
@@ -390,7 +370,7 @@ def _linear_fits(
     ds, mom: _Moments, panels: dict[str, np.ndarray], *, guarded: bool
 ) -> tuple[dict[str, LinearFit], dict[str, float], dict[str, dict]]:
     """Each panel's refit from the training moments: fits, training MSE, how it was fitted."""
-    n, d = mom.n, ds.n_genes
+    n = mom.n
     fits: dict[str, LinearFit] = {}
     train_mse: dict[str, float] = {}
     how: dict[str, dict] = {}
@@ -403,15 +383,21 @@ def _linear_fits(
             if fit is not None:
                 fits[name] = fit
             continue
-        sel = mom.pos[np.asarray(panel, np.int64)]
-        cov = mom.uu[np.ix_(sel, sel)] - n * np.outer(mom.mu_u[sel], mom.mu_u[sel])
-        cross = mom.ux[sel] - n * np.outer(mom.mu_u[sel], mom.mu_x)
-        coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
-        fits[name] = LinearFit(np.asarray(panel), coef.astype(np.float32),
-                               (mom.mu_x - mom.mu_u[sel] @ coef).astype(np.float32))
-        train_mse[name] = max(mom.ss_x - float(np.sum(cross * coef)), 0.0) / (n * d)
+        fits[name], train_mse[name] = _ols_fit(mom, panel)
         how[name] = {"fit": "ols", "k": len(panel), "n_train": n}
     return fits, train_mse, how
+
+
+def _ols_fit(mom: _Moments, panel: np.ndarray) -> tuple[LinearFit, float]:
+    """Least-squares refit from ``panel`` (minimum-norm when rank-deficient), training MSE."""
+    n, d = mom.n, len(mom.mu_x)
+    sel = mom.pos[np.asarray(panel, np.int64)]
+    cov = mom.uu[np.ix_(sel, sel)] - n * np.outer(mom.mu_u[sel], mom.mu_u[sel])
+    cross = mom.ux[sel] - n * np.outer(mom.mu_u[sel], mom.mu_x)
+    coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
+    fit = LinearFit(np.asarray(panel), coef.astype(np.float32),
+                    (mom.mu_x - mom.mu_u[sel] @ coef).astype(np.float32))
+    return fit, max(mom.ss_x - float(np.sum(cross * coef)), 0.0) / (n * d)
 
 
 def _pca(ds, k: int, seed: int) -> tuple[Any, int]:
@@ -481,10 +467,11 @@ class _TestPass:
         self.lab: list[np.ndarray] = []
 
     def run(
-        self, ds, pca_model: Any, union: np.ndarray | None, labels: np.ndarray | None
+        self, blocks: Iterable[tuple[Any, np.ndarray]], pca_model: Any,
+        union: np.ndarray | None = None, labels: np.ndarray | None = None,
     ) -> None:
-        """Read the test rows of ``ds`` once, block by block."""
-        for rows, xb in ds.blocks("test"):
+        """Read the test rows once, in ``(data rows, [b, d] rows)`` blocks."""
+        for rows, xb in blocks:
             xb64 = xb.astype(np.float64)
             for name, (idx, predict) in self.predictors.items():
                 self.errors[name].add(predict(xb[:, idx]), xb, xb64)
