@@ -387,10 +387,7 @@ def baseline_panels(
     With constraints, greedy and top-variance panels choose among the allowed genes
     (the others ignore them).
     """
-    allowed = None
-    if con is not None and con.active:
-        allowed = con.allowed.copy()
-        allowed[list(con.include)] = True
+    allowed = con.selectable() if con is not None else None
     panels: dict[str, np.ndarray] = {}
     chosen: dict[str, Selected] = {}
     for name in names:

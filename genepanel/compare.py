@@ -742,10 +742,7 @@ def _sweep_select(
         raise UsageError(msg)
     con = resolve(ds.data.genes, max(sizes), sel_cfg.include, sel_cfg.exclude,
                   sel_cfg.candidates)
-    allowed = None
-    if con.active:
-        allowed = con.allowed.copy()
-        allowed[list(con.include)] = True
+    allowed = con.selectable()
     panels: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     for k in sorted(sizes, reverse=True):  # the largest greedy run first: the rest slice it
