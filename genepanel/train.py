@@ -204,8 +204,8 @@ def convergence_note(
 #: (attempt ``a + 1``) draws all three afresh.
 STREAM_INIT = 0  # parameter initialisation (selector logits, decoder weights)
 STREAM_NOISE = 1  # Gumbel noise: optimiser step ``t`` draws from ``fold_in(noise, t)``
-STREAM_ROWS = 2  # row order: epoch ``e`` is shuffled by a NumPy generator seeded from
-#                  ``fold_in(rows, e)``
+STREAM_ROWS = 2  # row order: epoch ``e`` is shuffled by a NumPy generator seeded with
+#                  (the words of ``rows``, e)
 
 
 class RandomStreams(struct.PyTreeNode):
@@ -231,10 +231,18 @@ def noise_key(noise: jax.Array, step: jax.Array | int) -> jax.Array:
     return jax.random.fold_in(noise, step)
 
 
-def row_order_rng(rows: jax.Array, epoch: int) -> np.random.Generator:
-    """The NumPy generator that orders the rows of ``epoch`` (0-based, per attempt)."""
-    words = np.asarray(jax.random.key_data(jax.random.fold_in(rows, epoch)))
-    return np.random.default_rng(words.ravel().tolist())
+def key_words(key: jax.Array) -> list[int]:
+    """The raw words of a typed PRNG key, on the host."""
+    return np.asarray(jax.random.key_data(key)).ravel().tolist()
+
+
+def row_order_rng(rows: list[int], epoch: int) -> np.random.Generator:
+    """The NumPy generator that orders the rows of ``epoch`` (0-based, per attempt).
+
+    ``rows`` is :func:`key_words` of the attempt's row-order stream; the epoch is mixed
+    in by NumPy's seed sequence (no device call per epoch).
+    """
+    return np.random.default_rng([*rows, epoch])
 
 
 # --------------------------------------------------------------------------- state and steps
@@ -865,11 +873,11 @@ def _run_attempt(
     """Epochs of the current attempt until convergence or its epoch cap."""
     cfg, (train, val) = trainer.cfg, data
     # The row-order stream of this attempt; ``state.keys`` holds the same streams.
-    streams = random_streams(progress.seed, progress.attempt)
+    rows = key_words(random_streams(progress.seed, progress.attempt).rows)
     while progress.epoch < progress.max_epochs:
         t_epoch = time.perf_counter()
         temp = temperature(progress.epoch, cfg.t0, cfg.tb, progress.max_epochs)
-        rng = row_order_rng(streams.rows, progress.epoch)
+        rng = row_order_rng(rows, progress.epoch)
         order = epoch_order(train.n, rng, block=plan.shuffle_block)
         order = order[: plan.steps * plan.batch].reshape(plan.steps, plan.batch)
         state, loss = _train_epoch(trainer, state, plan, train, order, temp)

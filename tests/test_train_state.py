@@ -18,6 +18,7 @@ from genepanel.train import (
     Trainer,
     TrainState,
     fit,
+    key_words,
     noise_key,
     random_streams,
     row_order_rng,
@@ -29,7 +30,7 @@ from tests.conftest import planted
 STEPS = 4096
 
 
-def _key_words(keys: jax.Array) -> set[tuple[int, ...]]:
+def _word_set(keys: jax.Array) -> set[tuple[int, ...]]:
     words = np.asarray(jax.random.key_data(keys)).reshape(-1, np.asarray(
         jax.random.key_data(jax.random.key(0))).size)
     return {tuple(w) for w in words.tolist()}
@@ -37,7 +38,7 @@ def _key_words(keys: jax.Array) -> set[tuple[int, ...]]:
 
 def _noise_words(streams, steps: int = STEPS) -> set[tuple[int, ...]]:
     keys = jax.vmap(lambda s: noise_key(streams.noise, s))(jnp.arange(steps))
-    return _key_words(keys)
+    return _word_set(keys)
 
 
 def test_the_init_key_is_never_a_noise_key():
@@ -46,7 +47,7 @@ def test_the_init_key_is_never_a_noise_key():
         for attempt in range(3):
             s = random_streams(seed, attempt)
             noise |= _noise_words(s)
-            inits |= _key_words(s.init) | _key_words(s.rows)
+            inits |= _word_set(s.init) | _word_set(s.rows)
         assert len(noise) == 3 * STEPS  # no key repeats within or across attempts
         assert not inits & noise
 
@@ -54,14 +55,14 @@ def test_the_init_key_is_never_a_noise_key():
 def test_a_retry_draws_fresh_noise_initialisation_and_row_order():
     first, retry = random_streams(3, 0), random_streams(3, 1)
     assert not _noise_words(first) & _noise_words(retry)
-    assert _key_words(first.init) != _key_words(retry.init)
-    assert not np.array_equal(row_order_rng(first.rows, 0).permutation(50),
-                              row_order_rng(retry.rows, 0).permutation(50))
+    assert _word_set(first.init) != _word_set(retry.init)
+    assert not np.array_equal(row_order_rng(key_words(first.rows), 0).permutation(50),
+                              row_order_rng(key_words(retry.rows), 0).permutation(50))
     # the same (seed, attempt) gives the same streams: resumable
     again = random_streams(3, 1)
-    assert _key_words(again.noise) == _key_words(retry.noise)
-    np.testing.assert_array_equal(row_order_rng(retry.rows, 4).permutation(50),
-                                  row_order_rng(again.rows, 4).permutation(50))
+    assert _word_set(again.noise) == _word_set(retry.noise)
+    np.testing.assert_array_equal(row_order_rng(key_words(retry.rows), 4).permutation(50),
+                                  row_order_rng(key_words(again.rows), 4).permutation(50))
 
 
 def _source(n: int = 200) -> RowSource:
@@ -80,7 +81,7 @@ def test_state_holds_the_attempts_streams_and_steps_use_them():
     tr = _trainer(src.dense.shape[1])
     state = tr.init_state(3, 1)
     assert isinstance(state, TrainState) and int(state.step) == 0
-    assert _key_words(state.keys.noise) == _key_words(random_streams(3, 1).noise)
+    assert _word_set(state.keys.noise) == _word_set(random_streams(3, 1).noise)
     # a fresh attempt or seed starts from other parameters; the same one from the same
     for other in (tr.init_state(3, 0), tr.init_state(4, 1)):
         assert not np.allclose(other.params["selector"]["logits"],
@@ -118,7 +119,7 @@ def test_every_retry_starts_from_fresh_streams(monkeypatch):
 
     def spy(self, seed=None, attempt=0):
         state = original(self, seed, attempt)
-        seen.append((seed, attempt, _key_words(state.keys.noise), _key_words(state.keys.init)))
+        seen.append((seed, attempt, _word_set(state.keys.noise), _word_set(state.keys.init)))
         return state
 
     monkeypatch.setattr(Trainer, "init_state", spy)
