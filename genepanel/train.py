@@ -200,7 +200,8 @@ def convergence_note(
 # --------------------------------------------------------------------------- random streams
 
 #: Stream ids. The key of stream ``i`` in attempt ``a`` of a run with seed ``s`` is
-#: ``fold_in(fold_in(key(s), a), i)``: streams never share a key, and a retry
+#: ``fold_in(fold_in(key(s), a), i)``: distinct fold-ins, so no two streams (nor two
+#: attempts) share a key (tests check the first 4096 noise keys), and a retry
 #: (attempt ``a + 1``) draws all three afresh.
 STREAM_INIT = 0  # parameter initialisation (selector logits, decoder weights)
 STREAM_NOISE = 1  # Gumbel noise: optimiser step ``t`` draws from ``fold_in(noise, t)``
