@@ -42,7 +42,14 @@ from genepanel.selectors import (
     swap_alternatives,
     swap_refine,
 )
-from genepanel.train import FitResult, Trainer, convergence_note, eval_chunk, fit
+from genepanel.train import (
+    FitResult,
+    Trainer,
+    check_checkpoint_layout,
+    convergence_note,
+    eval_chunk,
+    fit,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata as ad
@@ -778,6 +785,7 @@ def _check_resume_config(
                 msg = (f"--resume: the checkpoint {ckpt} is damaged (not a genepanel "
                        "checkpoint); start again with --overwrite")
                 raise DataError(msg)
+            check_checkpoint_layout(payload, ckpt)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {**want, "input_identity": identity} if identity is not None else want)
 
