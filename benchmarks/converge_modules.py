@@ -32,7 +32,7 @@ def _cpu_s() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data")
+    ap.add_argument("data", nargs="?")
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--preprocess", default="log1p")
     ap.add_argument("--set", default="", help="config changes: key=json;key=json")
@@ -42,7 +42,12 @@ def main() -> None:
     ap.add_argument("--diagnose", type=int, default=0, metavar="N",
                     help="print the N least settled nodes")
     ap.add_argument("--json", help="append the record to this file")
+    ap.add_argument("--render", metavar="JSONL",
+                    help="print the records of this file as one Markdown table and exit")
     args = ap.parse_args()
+    if args.render:
+        render(args.render)
+        return
 
     import anndata as ad
 
@@ -114,6 +119,23 @@ def main() -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
+def render(path: str) -> None:
+    """One Markdown row per record of ``path`` (written by ``--json``)."""
+    print("| data | k | option | converged | steps | final mean max p | CPU s | modules hit: "
+          "CAE | top-variance | of | test MSE: CAE | top-variance |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with open(path) as fh:
+        for line in fh:
+            r = json.loads(line)
+            ok = "yes" if r["converged"] and not r["reassigned"] else "**no**"
+            mods = ("—", "—", "—") if r["modules"] is None else (
+                r["cae_modules"], r["topvar_modules"], r["modules"])
+            print(f"| {r['data'].rsplit('/', 1)[-1]} ({r['shape'][0]} × {r['shape'][1]}) | "
+                  f"{r['k']} | {r['label']} | {ok} | {r['steps']:,} | "
+                  f"{r['mean_max_prob']:.3f} | {r['cpu_s']:.0f} | {mods[0]} | {mods[1]} | "
+                  f"{mods[2]} | {r['cae_mse']:.4f} | {r['topvar_mse']:.4f} |")
+
+
 def _diagnose(logits: np.ndarray, module: np.ndarray | None, n: int) -> None:
     lg = np.asarray(logits, np.float64)
     p = np.exp(lg - lg.max(1, keepdims=True))
@@ -127,7 +149,8 @@ def _diagnose(logits: np.ndarray, module: np.ndarray | None, n: int) -> None:
         mods = "" if module is None else " modules " + ",".join(str(module[g]) for g in best)
         same = ""
         if module is not None and module[best[0]] >= 0:
-            same = f"; mass on module {module[best[0]]}: {p[i, module == module[best[0]]].sum():.3f}"
+            m = module[best[0]]
+            same = f"; mass on module {m}: {p[i, module == m].sum():.3f}"
         tail = 1.0 - p[i, order[i, :10]].sum()
         print(f"  node {i}: top p " + ", ".join(f"{v:.3f}" for v in p[i, best]) + mods
               + same + f"; mass outside its 10 best: {tail:.3f}")
