@@ -324,8 +324,10 @@ def sharpen_penalty(logits: jax.Array, temp: jax.Array, weight: float, tb: float
     and noisy. The entropy's gradient is smooth and favours each node's current
     leader. It is switched on only once ``temp <= SHARPEN_FROM · tb`` (Adam rescales
     any small weight to full-size steps, so a weight that fades with the temperature
-    would still act early), leaving exploration and every run that converges before
-    that point untouched. Summed over nodes, each node's pull does not depend on ``k``.
+    would still act early). Before that point the penalty and its gradient are exactly
+    zero, so a run that converges earlier follows the default run (up to float
+    rounding: the compiled step differs). Summed over nodes, each node's pull does not
+    depend on ``k``.
     """
     logp = jax.nn.log_softmax(logits, axis=-1)
     entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
