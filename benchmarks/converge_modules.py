@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--preprocess", default="log1p")
     ap.add_argument("--set", default="", help="config changes: key=json;key=json")
     ap.add_argument("--label", default="", help="row label (default: the --set text)")
+    ap.add_argument("--name", default="", help="data name in the table (default: the path)")
     ap.add_argument("--layer-raw", action="store_true",
                     help="read an AnnData's .raw (scanpy's pbmc68k_reduced)")
     ap.add_argument("--diagnose", type=int, default=0, metavar="N",
@@ -89,7 +90,7 @@ def main() -> None:
             return None
         return len(set(module[p][module[p] >= 0].tolist()))
 
-    rec = {"data": args.data, "shape": list(data.shape), "k": args.k,
+    rec = {"data": args.name or args.data, "shape": list(data.shape), "k": args.k,
            "label": args.label or args.set or "default",
            "converged": bool(tr["converged"]), "reassigned": tr["reassigned_at_extraction"],
            "steps": steps, "epochs": tr["epochs_run"],
@@ -130,7 +131,7 @@ def render(path: str) -> None:
             ok = "yes" if r["converged"] and not r["reassigned"] else "**no**"
             mods = ("—", "—", "—") if r["modules"] is None else (
                 r["cae_modules"], r["topvar_modules"], r["modules"])
-            print(f"| {r['data'].rsplit('/', 1)[-1]} ({r['shape'][0]} × {r['shape'][1]}) | "
+            print(f"| {r['data']} ({r['shape'][0]} × {r['shape'][1]}) | "
                   f"{r['k']} | {r['label']} | {ok} | {r['steps']:,} | "
                   f"{r['mean_max_prob']:.3f} | {r['cpu_s']:.0f} | {mods[0]} | {mods[1]} | "
                   f"{mods[2]} | {r['cae_mse']:.4f} | {r['topvar_mse']:.4f} |")

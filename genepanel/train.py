@@ -193,6 +193,9 @@ def convergence_note(
     if n_candidates > 8000:
         fixes.append(f"choose from fewer candidate genes (the selector saw {n_candidates} of "
                      f"{n_genes}; --prefilter 2000, or --candidates)")
+    if not cfg.sharpen and p >= 0.9:  # nearly settled: nodes split among similar genes
+        fixes.append("try --sharpen 0.01 (settles nodes whose probability stays split among "
+                     "near-identical genes)")
     fixes.append("or pass --retry to restart with twice the steps")
     return text + "; ".join(fixes)
 
