@@ -70,3 +70,19 @@ def test_sharpen_must_not_be_negative():
 
     with pytest.raises(UsageError, match="--sharpen must be ≥ 0"):
         SelectConfig(train={"sharpen": -0.1})
+
+
+def test_unconverged_note_suggests_sharpen_only_when_nearly_settled():
+    from genepanel.train import FitResult, convergence_note
+
+    def note(p: float, sharpen: float = 0.0) -> str:
+        res = FitResult(params={}, history=[{"mean_max_prob": p}], converged=False,
+                        stop_epoch=None, epochs_run=100, collisions=0, attempts=1,
+                        data_placement="device", batch_size=16, steps_per_epoch=10,
+                        n_devices=1)
+        cfg = SelectConfig(train={"sharpen": sharpen}).train
+        return convergence_note(res, cfg, n_genes=100, n_candidates=100)
+
+    assert "try --sharpen 0.01" in note(0.97)
+    assert "--sharpen" not in note(0.5)  # far from settled: more steps, not sharpening
+    assert "--sharpen" not in note(0.97, sharpen=0.01)
