@@ -12,7 +12,7 @@ the node's 10 best genes.
     python benchmarks/make_synthetic.py /tmp/syn.h5ad --cells 5000 --genes 5000 --modules 50
     PYTHONPATH=$PWD python benchmarks/converge_modules.py /tmp/syn.h5ad --k 50
     PYTHONPATH=$PWD python benchmarks/converge_modules.py /tmp/syn.h5ad --k 50 \\
-        --set 'train.anneal_until_converged=true'
+        --set 'train.sharpen=0.01'
 """
 
 from __future__ import annotations
