@@ -98,6 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     restarts: int = 1
     prefilter: int = 2000
+    sharpen: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,7 @@ def validate(cfg: SelectConfig) -> None:
     _check(t.restarts >= 1, f"--restarts must be ≥ 1, got {t.restarts}")
     _check(isinstance(t.prefilter, int) and t.prefilter >= 0,
            f"--prefilter must be an integer ≥ 0 (0: off), got {t.prefilter!r}")
+    _check(t.sharpen >= 0, f"--sharpen must be ≥ 0 (0: off), got {t.sharpen}")
 
 
 # One line of help per option, rendered into configs/default.yaml by default_yaml();
@@ -376,6 +378,7 @@ OPTION_HELP: dict[str, str] = {
     "train.checkpoint_every": "epochs between checkpoints (0: only on interruption)",
     "train.restarts": "train from seeds seed, seed+1, ...; keep the lowest validation error",
     "train.prefilter": "choose among the max(N, 10 k) highest-variance genes (0: all genes)",
+    "train.sharpen": "entropy penalty per node once T <= 10 TB (0: off; try 0.01)",
 }
 
 

@@ -193,6 +193,9 @@ def convergence_note(
     if n_candidates > 8000:
         fixes.append(f"choose from fewer candidate genes (the selector saw {n_candidates} of "
                      f"{n_genes}; --prefilter 2000, or --candidates)")
+    if not cfg.sharpen and p >= 0.9:  # nearly settled: nodes split among similar genes
+        fixes.append("try --sharpen 0.01 (settles nodes whose probability stays split among "
+                     "near-identical genes)")
     fixes.append("or pass --retry to restart with twice the steps")
     return text + "; ".join(fixes)
 
@@ -293,13 +296,61 @@ def reconstruction_loss(
     outputs: np.ndarray | None = None,
     n_labels: int = 0,
     label_weight: float = 1.0,
+    sharpen: float = 0.0,
+    tb: float = 0.01,
 ) -> jax.Array:
     """Training loss of one minibatch ``xb`` ``[b, d]`` with soft selection at ``temp``.
 
     ``columns``: the candidate columns the selector reads (None: all); ``outputs``: the
     non-constant columns the decoder predicts (None: all); the last ``n_labels`` of the
     ``d`` columns are one-hot labels scored by cross-entropy, weighted ``label_weight``.
+    ``sharpen`` > 0 adds :func:`sharpen_penalty` late in the anneal (final temperature ``tb``).
     """
+    loss = _data_loss(params, xb, temp, key, model=model, n_genes=n_genes, columns=columns,
+                      outputs=outputs, n_labels=n_labels, label_weight=label_weight)
+    if not sharpen:
+        return loss
+    return loss + sharpen_penalty(params["selector"]["logits"], temp, sharpen, tb)
+
+
+#: The sharpening penalty acts once the temperature is at most this many times TB (with
+#: the default T0/TB = 1000, the last third of the anneal).
+SHARPEN_FROM = 10.0
+
+
+def sharpen_penalty(logits: jax.Array, temp: jax.Array, weight: float, tb: float) -> jax.Array:
+    """``weight ·`` the sum over nodes of the entropy of ``softmax(logits)``, late in the anneal.
+
+    Planted gene modules hold near-interchangeable genes; late in the anneal a node's
+    mass stays split among members of one module, because the reconstruction barely
+    prefers one of them and the Gumbel-softmax gradient at low temperature is rare
+    and noisy. The entropy's gradient is smooth and favours each node's current
+    leader. It is switched on only once ``temp <= SHARPEN_FROM · tb`` (Adam rescales
+    any small weight to full-size steps, so a weight that fades with the temperature
+    would still act early). Before that point the penalty and its gradient are exactly
+    zero, so a run that converges earlier follows the default run (up to float
+    rounding: the compiled step differs). Summed over nodes, each node's pull does not
+    depend on ``k``.
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    on = (temp <= SHARPEN_FROM * tb).astype(entropy.dtype)
+    return weight * on * jnp.sum(entropy)
+
+
+def _data_loss(
+    params: Any,
+    xb: jax.Array,
+    temp: jax.Array,
+    key: jax.Array,
+    *,
+    model: ConcreteAutoencoder,
+    n_genes: int,
+    columns: np.ndarray | None,
+    outputs: np.ndarray | None,
+    n_labels: int,
+    label_weight: float,
+) -> jax.Array:
     xs = xb if columns is None else xb[:, columns]
     recon = model.apply({"params": params}, xs, temp, key)
     if outputs is None and not n_labels:
@@ -486,6 +537,7 @@ class Trainer:
         self.loss_fn: LossFn = functools.partial(
             reconstruction_loss, model=self.model, n_genes=self.n_genes, columns=self.columns,
             outputs=self.outputs, n_labels=n_labels, label_weight=label_weight,
+            sharpen=cfg.sharpen, tb=cfg.tb,
         )
         self._compile()
 

@@ -103,7 +103,9 @@ import numpy as np, jax
 from genepanel.api import select_panel
 from tests.test_scale import _cfg, _wide
 data, _ = _wide(seed=6)
-cfg = _cfg(**{"train.max_epochs": 15, "train.device_memory_budget_gb": float(sys.argv[1])})
+# sharpen: its penalty acts from epoch 11 on (T <= 10 TB) and must shard like the loss
+cfg = _cfg(**{"train.max_epochs": 15, "train.device_memory_budget_gb": float(sys.argv[1]),
+              "train.sharpen": 0.01})
 res = select_panel(data, cfg, evaluate_baselines=False)
 print(json.dumps({"devices": jax.device_count(), "panel": res.panel.indices.tolist(),
     "candidates": res.run["training"]["candidate_genes"],

@@ -85,11 +85,14 @@ def test_no_recompilation_across_epochs():
     assert streamed.fit.compilations["step"] == 1
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("sharpen", [0.0, 0.01], ids=["default", "sharpen"])
+def test_resume_equals_uninterrupted(tmp_path, sharpen):
     from genepanel.train import Interrupted
 
     data, _ = _data(seed=5)
-    cfg = _cfg(**{"train.max_epochs": 30, "train.checkpoint_every": 7})
+    # with sharpen the penalty acts from epoch 21 on (T <= 10 TB), after the resume
+    cfg = _cfg(**{"train.max_epochs": 30, "train.checkpoint_every": 7,
+                  "train.sharpen": sharpen})
     full = select_panel(data, cfg, tmp_path / "full", evaluate_baselines=False)
     with pytest.raises(Interrupted, match="resume"):
         select_panel(data, cfg, tmp_path / "cut", evaluate_baselines=False, stop_after_epochs=11)
