@@ -39,12 +39,12 @@ from genepanel.selectors import (
     SUPERVISED_OBJECTIVE,
     Selected,
     greedy_panel,
-    label_head,
     refit_matrix,
     run_selector,
     supervised_refit,
     swap_alternatives,
     swap_refine,
+    with_label_head,
 )
 from genepanel.train import FitResult, Trainer, convergence_note, eval_chunk, fit
 
@@ -458,10 +458,7 @@ def _select_one(
         # The trained decoder reads the autoencoder's panel; the saved decoder must read
         # the final one: the refit linear decoder (the trained one is linear too).
         params = {"out": {"kernel": fits["cae"].coef, "bias": fits["cae"].intercept}}
-        if n_lab:  # and a logistic regression for the labels (supervised runs)
-            kern, bias = label_head(ds, panel.indices, n_lab)
-            params = {"out": {"kernel": np.hstack([fits["cae"].coef, kern]),
-                              "bias": np.r_[fits["cae"].intercept, bias]}}
+        params = with_label_head(params, ds, panel.indices)  # supervised: label outputs
     else:
         params = result.params["decoder"]
     model = FittedModel(

@@ -420,6 +420,19 @@ def label_head(ds: Dataset, panel: Sequence[int], n_classes: int) -> tuple[np.nd
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
+def with_label_head(params: dict, ds: Dataset, panel: Sequence[int]) -> dict:
+    """A refit linear decoder's ``params`` plus :func:`label_head` outputs (supervised runs).
+
+    Unchanged when ``ds`` has no training labels.
+    """
+    if not len(ds.classes or ()):
+        return params
+    kern, bias = label_head(ds, panel, len(ds.classes))
+    out = params["out"]
+    return {"out": {"kernel": np.hstack([np.asarray(out["kernel"]), kern]),
+                    "bias": np.r_[np.asarray(out["bias"]), bias]}}
+
+
 def _allowed_mask(allowed: np.ndarray | None, d: int) -> np.ndarray:
     """``allowed`` as a ``[d]`` mask; columns past its length are targets only (False)."""
     if allowed is None:
