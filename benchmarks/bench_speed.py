@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import itertools
 import json
 import os
@@ -246,7 +247,6 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     mesh = data_mesh()
     rep = replicated(mesh)
     trainer = Trainer(k, d, (), TrainConfig(batch_size=b), args.seed, mesh)
-    base_key = jax.device_put(jax.random.key(args.seed), rep)
     rng = np.random.default_rng(args.seed)
 
     def perm() -> np.ndarray:
@@ -257,7 +257,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     probes = matmul_probes(b, d, k, square)
     flops_step = train_flops(b, d, k)
     state = trainer.init_state()
-    xla_flops = _xla_flops(trainer, state, x[:b], temps[0], base_key)
+    xla_flops = _xla_flops(trainer, state, x[:b], temps[0])
 
     # fast path: X on the device, one lax.scan per epoch
     t = time.perf_counter()
@@ -265,7 +265,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     _block(x_dev)
     h2d_s = time.perf_counter() - t
     t = time.perf_counter()
-    state, loss = trainer.epoch_fn(state, x_dev, perm(), temps[0], base_key)
+    state, loss = trainer.epoch_fn(state, x_dev, perm(), temps[0])
     _block(loss)
     first_epoch_s = time.perf_counter() - t
 
@@ -279,7 +279,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_streamed:
         s_state = trainer.init_state()
         for xb in _prefetch(src.batch(p) for p in perm()[:1]):
-            s_state, s_loss = trainer.step_fn(s_state, xb, temps[0], base_key)
+            s_state, s_loss = trainer.step_fn(s_state, xb, temps[0])
         _block(s_loss)
 
     fast, streamed, mm_step, mm_square = [], [], [], []
@@ -288,13 +288,13 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         mm_square.append(probes["square_once"]())
         p = perm()
         t = time.perf_counter()
-        state, loss = trainer.epoch_fn(state, x_dev, p, temps[r + 1], base_key)
+        state, loss = trainer.epoch_fn(state, x_dev, p, temps[r + 1])
         _block(loss)
         fast.append((time.perf_counter() - t) / steps)
         if s_state is not None:
             t = time.perf_counter()
             for xb in _prefetch(src.batch(q) for q in p):
-                s_state, s_loss = trainer.step_fn(s_state, xb, temps[r + 1], base_key)
+                s_state, s_loss = trainer.step_fn(s_state, xb, temps[r + 1])
             _block(s_loss)
             streamed.append((time.perf_counter() - t) / steps)
 
@@ -355,10 +355,10 @@ def _empty_obs(n: int) -> Any:
     return pd.DataFrame(index=[str(i) for i in range(n)])
 
 
-def _xla_flops(trainer: Any, state: Any, xb: Any, temp: Any, key: Any) -> float | None:
+def _xla_flops(trainer: Any, state: Any, xb: Any, temp: Any) -> float | None:
     """XLA's FLOP count for one ``step_fn`` call (None when the backend gives none)."""
     try:
-        cost = trainer.step_fn.lower(state, xb, temp, key).cost_analysis()
+        cost = trainer.step_fn.lower(state, xb, temp).cost_analysis()
     except Exception:  # a diagnostic only
         return None
     if isinstance(cost, list):
@@ -387,37 +387,36 @@ def ablations(
     import optax
 
     from genepanel.model import ConcreteAutoencoder
-    from genepanel.train import Trainer
+    from genepanel.train import Trainer, reconstruction_loss
 
     k, d, cfg, mesh = trainer.k, trainer.d, trainer.cfg, trainer.mesh
     rep = trainer._rep
 
-    class NoNoise(Trainer):
+    def no_noise(params, xb, temp, key):
         """Same model without the Gumbel draw: bounds what noise generation can cost."""
+        w = jax.nn.softmax(params["selector"]["logits"] / temp, axis=-1)
+        return rest(params, xb, w)
 
-        def _loss(self, params, xb, temp, key):
-            w = jax.nn.softmax(params["selector"]["logits"] / temp, axis=-1)
-            return self._rest(params, xb, w)
-
-        def _rest(self, params, xb, w):
-            u = jnp.einsum("bd,kd->bk", xb, w)
-            dec = params["decoder"]["out"]
-            return jnp.mean(jnp.square(u @ dec["kernel"] + dec["bias"] - xb))
-
-    class NoSoftmax(NoNoise):
+    def no_softmax(params, xb, temp, key):
         """Linear selector ``u = x Lᵀ``: the step's matmuls and Adam only."""
+        return rest(params, xb, params["selector"]["logits"])
 
-        def _loss(self, params, xb, temp, key):
-            return self._rest(params, xb, params["selector"]["logits"])
+    def rest(params, xb, w):
+        u = jnp.einsum("bd,kd->bk", xb, w)
+        dec = params["decoder"]["out"]
+        return jnp.mean(jnp.square(u @ dec["kernel"] + dec["bias"] - xb))
 
     def key_of(impl: str) -> Any:
         return jax.device_put(jax.random.key(args.seed, impl=impl), rep)
 
-    def make(cls: type = Trainer, noise: str = "fused", sgd: bool = False) -> Any:
-        tr = cls(k, d, (), cfg, args.seed, mesh)
+    def make(loss: Any = None, noise: str = "fused", sgd: bool = False) -> Any:
+        # The static pieces of a Trainer, swapped and bound again to the pure step functions.
+        tr = Trainer(k, d, (), cfg, args.seed, mesh)
         tr.model = ConcreteAutoencoder(k, d, (), noise=noise)
         if sgd:
             tr.tx = optax.sgd(cfg.learning_rate)
+        tr.loss_fn = loss or functools.partial(reconstruction_loss, model=tr.model, n_genes=d)
+        tr._compile()
         return tr
 
     cur = make()
@@ -433,33 +432,34 @@ def ablations(
         ),
         ("jax.random.gumbel with an rbg key", make(), "rbg", "scan"),
         ("jax.random.gumbel with an unsafe_rbg key", make(), "unsafe_rbg", "scan"),
-        ("bound: no Gumbel noise", make(NoNoise), "threefry2x32", "scan"),
-        ("bound: no noise, no softmax (matmuls + Adam)", make(NoSoftmax), "threefry2x32", "scan"),
+        ("bound: no Gumbel noise", make(no_noise), "threefry2x32", "scan"),
+        ("bound: no noise, no softmax (matmuls + Adam)", make(no_softmax), "threefry2x32",
+         "scan"),
         ("bound: SGD instead of Adam", make(sgd=True), "threefry2x32", "scan"),
         ("Python loop of step_fn, batches on device", make(), "threefry2x32", "steps-device"),
         ("Python loop of step_fn, host batches (H2D)", make(), "threefry2x32", "steps-host"),
     ]
     states = {id(tr): None for _, tr, _, _ in variants}
-    keys = {impl: key_of(impl) for _, _, impl, _ in variants}
 
     if jax.devices()[0].platform == "cpu":
         steps = min(steps, 4)  # nine variants: keep the run to a few minutes on two cores
 
     def run(tr: Any, impl: str, mode: str, temp: Any) -> tuple[float, int]:
         st = states[id(tr)]
-        if st is None:
-            st = tr.init_state()
+        if st is None:  # the noise stream in a key of the variant's impl (its own copy:
+            st = tr.init_state()  # the steps donate the state)
+            st = st.replace(keys=st.keys.replace(noise=key_of(impl)))
         p = perm()[:steps]
         f0 = _minflt()
         t = time.perf_counter()
         if mode == "scan":
-            st, loss = tr.epoch_fn(st, x_dev, p, temp, keys[impl])
+            st, loss = tr.epoch_fn(st, x_dev, p, temp)
         elif mode == "steps-device":
             for q in p:
-                st, loss = tr.step_fn(st, x_dev[q], temp, keys[impl])
+                st, loss = tr.step_fn(st, x_dev[q], temp)
         else:
             for q in p:
-                st, loss = tr.step_fn(st, x[q], temp, keys[impl])
+                st, loss = tr.step_fn(st, x[q], temp)
         _block(loss)
         dt = (time.perf_counter() - t) / steps
         states[id(tr)] = st

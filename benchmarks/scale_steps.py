@@ -41,13 +41,12 @@ def one_cell(d: int, k: int, batch: int, prefilter: int, steps: int, epochs: int
     trainer = Trainer(k, d, (), TrainConfig(batch_size=batch), 0, data_mesh(), columns=cols)
     state = trainer.init_state()
     x_dev = jax.device_put(x, trainer._rep)
-    key = jax.random.key(0)
     perm = np.arange(n, dtype=np.int32).reshape(steps, batch)
     times, cpu = [], []
     for e in range(epochs + 1):
         temp = temperature(e, 10.0, 0.01, 100)
         t, c = time.perf_counter(), time.process_time()
-        state, loss = trainer.epoch_fn(state, x_dev, perm, temp, key)
+        state, loss = trainer.epoch_fn(state, x_dev, perm, temp)
         float(loss)
         if e:
             times.append((time.perf_counter() - t) / steps)

@@ -46,7 +46,14 @@ from genepanel.selectors import (
     swap_refine,
     with_label_head,
 )
-from genepanel.train import FitResult, Trainer, convergence_note, eval_chunk, fit
+from genepanel.train import (
+    FitResult,
+    Trainer,
+    check_checkpoint_layout,
+    convergence_note,
+    eval_chunk,
+    fit,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata as ad
@@ -112,7 +119,7 @@ def _check_k(k: int, d: int) -> None:
 
 
 def select_panel(
-    data: ExpressionData | ad.AnnData | str | Path,
+    data: ExpressionData | ad.AnnData | str | Path | Dataset,
     cfg: SelectConfig,
     out: str | Path | None = None,
     *,
@@ -128,8 +135,9 @@ def select_panel(
     ----------
     data
         An :class:`~genepanel.io.ExpressionData`, an :class:`anndata.AnnData` (``X`` or
-        ``cfg.input.layer``; see also :func:`genepanel.tl.select`) or a path to
-        ``.h5ad``/HDF5/``.npz``.
+        ``cfg.input.layer``; see also :func:`genepanel.tl.select`), a path to
+        ``.h5ad``/HDF5/``.npz``, or a :class:`~genepanel.dataset.Dataset` built with
+        ``cfg`` (its split and preprocessing are used as they are).
     cfg
         The validated configuration.
     out
@@ -154,7 +162,7 @@ def select_panel(
 
 
 def select_panels(
-    data: ExpressionData | ad.AnnData | str | Path,
+    data: ExpressionData | ad.AnnData | str | Path | Dataset,
     cfg: SelectConfig,
     ks: list[int],
     out: str | Path | None = None,
@@ -182,28 +190,14 @@ def select_panels(
                            command="select")
     if outdir is not None:
         outdir.check(staging=is_main_process())
-    src = None if isinstance(data, ExpressionData) else data
-    if src is not None:
-        data = load_input(src, cfg)
-    load_s = time.perf_counter() - t0
-    for k in ks:
-        _check_k(k, data.shape[1])
-    constraints = [
-        resolve_constraints(data.genes, k, cfg.include, cfg.exclude, cfg.candidates) for k in ks
-    ]
-    hint = counts_hint(data, cfg.preprocess) if is_main_process() else None
-    if hint:
-        log.warning(hint)
-    prep = Dataset.build(data, cfg)
-    prep.timings["load"] = load_s
-
+    prep, src, constraints = _prepare(data, cfg, ks, t0)
     main = is_main_process()
     staging = None
     if outdir is not None:
         # Only process 0 writes; the others train alongside it and write nothing.
         staging = outdir.prepare() if main else outdir.staging
         if main:
-            _check_resume_config(staging, cfg, ks, resume, input_identity(data, src))
+            _check_resume_config(staging, cfg, ks, resume, input_identity(prep.data, src))
     results = []
     for k, con in zip(ks, constraints, strict=True):
         folder = None if staging is None else (staging if len(ks) == 1 else staging / f"k{k}")
@@ -215,12 +209,48 @@ def select_panels(
             _write_run(folder, sel)
         results.append(sel)
     if outdir is not None and main:
-        if len(ks) > 1:
-            _write_sizes(staging, results)
-        committed = outdir.commit()
-        for k, sel in zip(ks, results, strict=True):
-            sel.out = committed if len(ks) == 1 else committed / f"k{k}"
+        _commit_sizes(outdir, staging, ks, results)
     return results
+
+
+def _prepare(
+    data: Any, cfg: SelectConfig, ks: list[int], t0: float
+) -> tuple[Dataset, Any, list[Constraints]]:
+    """The :class:`Dataset` (loaded and built, or given), the input source, constraints.
+
+    A given ``Dataset`` must have been built with ``cfg``'s split, seed and labels.
+    """
+    given = data if isinstance(data, Dataset) else None
+    if given is not None:
+        data = given.data
+    src = None if isinstance(data, ExpressionData) else data
+    if src is not None:
+        data = load_input(src, cfg)
+    load_s = time.perf_counter() - t0
+    for k in ks:
+        _check_k(k, data.shape[1])
+    constraints = [
+        resolve_constraints(data.genes, k, cfg.include, cfg.exclude, cfg.candidates) for k in ks
+    ]
+    if given is not None:
+        return given, None, constraints
+    hint = counts_hint(data, cfg.preprocess) if is_main_process() else None
+    if hint:
+        log.warning(hint)
+    prep = Dataset.build(data, cfg)
+    prep.timings["load"] = load_s
+    return prep, src, constraints
+
+
+def _commit_sizes(
+    outdir: OutputDir, staging: Path, ks: list[int], results: list[SelectResult]
+) -> None:
+    """Write the size table (several sizes), commit the run folder, set each result's ``out``."""
+    if len(ks) > 1:
+        _write_sizes(staging, results)
+    committed = outdir.commit()
+    for k, sel in zip(ks, results, strict=True):
+        sel.out = committed if len(ks) == 1 else committed / f"k{k}"
 
 
 @dataclass
@@ -372,10 +402,7 @@ def baseline_panels(
     With constraints, greedy and top-variance panels choose among the allowed genes
     (the others ignore them).
     """
-    allowed = None
-    if con is not None and con.active:
-        allowed = con.allowed.copy()
-        allowed[list(con.include)] = True
+    allowed = con.selectable() if con is not None else None
     panels: dict[str, np.ndarray] = {}
     chosen: dict[str, Selected] = {}
     for name in names:
@@ -453,6 +480,21 @@ def _select_one(
     metrics = _metrics(scores, test_eval, refinement, chosen, refined=refined, n_lab=n_lab)
     timings["evaluate"] = time.perf_counter() - t
 
+    model = _fitted_model(ds, cfg, tr, panel, scores, metrics, refined=refined)
+    timings["total"] = sum(timings.values())
+    run = _select_run_record(ds, cfg, con, tr, panel, scores, metrics, timings, refinement,
+                             chosen)
+    return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
+                        fit=result, metrics=metrics, run=run, split=ds.split, model=model,
+                        timings=timings, stability=tr.stability, cae_panel=tr.panel)
+
+
+def _fitted_model(
+    ds: Dataset, cfg: SelectConfig, tr: _Trained, panel: Panel, scores: Scores,
+    metrics: dict[str, Any], *, refined: bool,
+) -> FittedModel:
+    """The saved model of one panel: its genes, decoder, linear refit and preprocessing."""
+    data, result = ds.data, tr.result
     fits = scores.fits
     if refined:
         # The trained decoder reads the autoencoder's panel; the saved decoder must read
@@ -461,7 +503,7 @@ def _select_one(
         params = with_label_head(params, ds, panel.indices)  # supervised: label outputs
     else:
         params = result.params["decoder"]
-    model = FittedModel(
+    return FittedModel(
         panel_genes=[data.genes[i] for i in panel.indices],
         genes=list(data.genes),
         panel_index=panel.indices,
@@ -473,7 +515,15 @@ def _select_one(
               "source": data.source, "metrics": metrics, "label_classes": ds.classes,
               "labels_key": cfg.labels},
     )
-    timings["total"] = sum(timings.values())
+
+
+def _select_run_record(
+    ds: Dataset, cfg: SelectConfig, con: Constraints, tr: _Trained, panel: Panel,
+    scores: Scores, metrics: dict[str, Any], timings: dict[str, float],
+    refinement: dict[str, Any], chosen: dict[str, Selected],
+) -> dict[str, Any]:
+    """``run.json`` of one panel."""
+    data, result, n_lab = ds.data, tr.result, len(ds.classes)
     run = _run_record(cfg, data, ds.split, result, panel, metrics, timings)
     trainer = tr.trainer
     run["training"]["candidate_genes"] = trainer.width
@@ -489,9 +539,7 @@ def _select_one(
         run["constraints"] = con.report
     if tr.stability is not None:
         run["restarts"] = tr.stability["summary"]
-    return SelectResult(genes=list(data.genes), panel=panel, panel_table=table, groups=groups,
-                        fit=result, metrics=metrics, run=run, split=ds.split, model=model,
-                        timings=timings, stability=tr.stability, cae_panel=tr.panel)
+    return run
 
 
 def _prefilter(ds: Dataset, cfg: SelectConfig, con: Constraints) -> Any:
@@ -537,6 +585,19 @@ def _metrics(
     if n_lab:
         metrics["trained_decoder_test_accuracy"] = test_eval["accuracy"]
         metrics["trained_decoder_test_cross_entropy"] = test_eval["cross_entropy"]
+    metrics.update(_baseline_metrics(scores, mse, chosen))
+    if n_lab:
+        metrics["extra_trees_test_accuracy"] = _tree_accuracies(scores)
+    metrics["test_variance"] = scores.test_variance
+    metrics["baselines_better_than_panel"] = beaten_by(scores)
+    return metrics
+
+
+def _baseline_metrics(
+    scores: Scores, mse: dict[str, float], chosen: dict[str, Selected]
+) -> dict[str, Any]:
+    """The baselines' and the PCA bound's test errors, as ``run.json`` metrics."""
+    metrics: dict[str, Any] = {}
     rand = np.array([v for name, v in mse.items() if name.startswith("random_")])
     if len(rand):
         metrics["random_panel_test_mse"] = {
@@ -551,19 +612,20 @@ def _metrics(
     if scores.pca is not None:
         metrics["pca_bound_test_mse"] = scores.pca.test_mse
         metrics["pca_components"] = scores.pca.components
-    if n_lab:
-        acc = {name: s.accuracy for name, s in scores.panels.items() if s.accuracy is not None}
-        trees: dict[str, float | None] = {"cae": acc.get("cae")}
-        racc = [v for name, v in acc.items() if name.startswith("random_")]
-        if racc:
-            trees["random_mean"] = float(np.mean(racc))
-        for name in ("hvg", "topvar", "greedy"):
-            if name in acc:
-                trees[name] = acc[name]
-        metrics["extra_trees_test_accuracy"] = trees
-    metrics["test_variance"] = scores.test_variance
-    metrics["baselines_better_than_panel"] = beaten_by(scores)
     return metrics
+
+
+def _tree_accuracies(scores: Scores) -> dict[str, float | None]:
+    """ExtraTrees test accuracy of the panel and the baselines (random: their mean)."""
+    acc = {name: s.accuracy for name, s in scores.panels.items() if s.accuracy is not None}
+    trees: dict[str, float | None] = {"cae": acc.get("cae")}
+    racc = [v for name, v in acc.items() if name.startswith("random_")]
+    if racc:
+        trees["random_mean"] = float(np.mean(racc))
+    for name in ("hvg", "topvar", "greedy"):
+        if name in acc:
+            trees[name] = acc[name]
+    return trees
 
 
 def beaten_by(scores: Scores, panel: str = "cae") -> list[dict[str, Any]]:
@@ -732,6 +794,7 @@ def _check_resume_config(
                 msg = (f"--resume: the checkpoint {ckpt} is damaged (not a genepanel "
                        "checkpoint); start again with --overwrite")
                 raise DataError(msg)
+            check_checkpoint_layout(payload, ckpt)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {**want, "input_identity": identity} if identity is not None else want)
 

@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+from genepanel.data import sample_rows
 from genepanel.errors import DataError, UsageError
 
 #: Standard deviation below which a gene counts as constant.
@@ -47,8 +48,7 @@ def _check_k(x: np.ndarray, k: int) -> None:
 def _subsample(x: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
     if max_rows is None or x.shape[0] <= max_rows:
         return x
-    rng = np.random.default_rng([seed, 0x1A9])
-    return x[np.sort(rng.choice(x.shape[0], max_rows, replace=False))]
+    return x[sample_rows(np.arange(x.shape[0]), max_rows, seed, 0x1A9)]
 
 
 def _fill(chosen: np.ndarray, order: np.ndarray, k: int) -> np.ndarray:

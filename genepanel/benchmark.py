@@ -118,18 +118,10 @@ def run_benchmark(
     -------
     BenchmarkResult
     """
-    from genepanel.api import _train, baseline_panels, load_input, refine_panel
-    from genepanel.constraints import resolve
-    from genepanel.dataset import Dataset
+    from genepanel.api import baseline_panels
     from genepanel.evaluate import score
 
-    methods = _check_methods(methods)
-    if n_random < 1 and "random" in methods:
-        msg = f"--n-random must be ≥ 1, got {n_random}"
-        raise UsageError(msg)
-    if seeds < 1:
-        msg = f"--seeds must be ≥ 1, got {seeds}"
-        raise UsageError(msg)
+    methods = _check_options(methods, n_random, seeds)
     t0 = time.perf_counter()
     outdir = None
     if out is not None:
@@ -137,9 +129,70 @@ def run_benchmark(
                            inputs=input_paths(data, cfg.input.genes))
     if outdir is not None:
         outdir.check()
+    ds = _dataset(data, cfg, labels)
+    timings: dict[str, float] = {"load": time.perf_counter() - t0}
+    cae = _Cae()
+    if "cae" in methods:
+        cae = _cae_panels(ds, cfg, seeds, on_epoch)
+    seconds, panels, detail = dict(cae.seconds), dict(cae.panels), dict(cae.detail)
+    timings["cae"] = seconds.get("cae", 0.0)
+
+    names = tuple(m for m in methods if m not in ("cae", "pca"))
+    extra, chosen = baseline_panels(ds, cfg, None, names, n_random)
+    panels.update(extra)
+    for name, sel in chosen.items():
+        seconds[name] = sel.seconds
+        detail[name] = sel.detail
+    timings["baselines"] = sum(v for key, v in seconds.items() if not key.startswith("cae"))
+
+    t = time.perf_counter()
+    scores = score(ds, panels, pca_k=cfg.k if "pca" in methods else None,
+                   labels=ds.eval_labels, seed=cfg.seed) if panels else None
+    timings["score"] = time.perf_counter() - t
+    if scores is not None and scores.pca is not None:
+        detail["pca"] = f"{scores.pca.components} principal components"
+    rows = [m for m in methods if m != "cae"]
+    if "cae" in methods:
+        rows = ["cae", "cae_unrefined", *rows]
+    table = _table(rows, scores, seconds, detail, cfg.k, converged=cae.info.get("converged"))
+    if cae.info and not cae.info["converged"]:  # marked in benchmark.md/.tsv and the plot
+        cae_rows = table["method"].str.startswith("cae")
+        table.loc[cae_rows, "description"] += " (NOT CONVERGED)"
+    timings["total"] = time.perf_counter() - t0
+    record = _record(ds, cfg, methods, table, scores, panels, n_random, labels=labels,
+                     cae_info=cae.info, seeds=seeds, timings=timings)
+    result = BenchmarkResult(table=table, panels=panels, record=record, timings=timings)
+    if outdir is not None:
+        staging = outdir.prepare()
+        write_outputs(staging, result, ds.data.genes)
+        result.out = outdir.commit()
+    return result
+
+
+def _check_options(methods: Sequence[str], n_random: int, seeds: int) -> tuple[str, ...]:
+    """The validated method list; refuses a bad ``n_random`` or ``seeds``."""
+    methods = _check_methods(methods)
+    if n_random < 1 and "random" in methods:
+        msg = f"--n-random must be ≥ 1, got {n_random}"
+        raise UsageError(msg)
+    if seeds < 1:
+        msg = f"--seeds must be ≥ 1, got {seeds}"
+        raise UsageError(msg)
+    return methods
+
+
+def _dataset(data: ExpressionData | str | Path, cfg: SelectConfig, labels: str | None) -> Any:
+    """Load ``data`` and build the shared :class:`~genepanel.dataset.Dataset`.
+
+    Refuses ``k`` not below the number of genes, and ``labels`` with too few labelled
+    samples for an accuracy.
+    """
+    from genepanel.api import load_input
+    from genepanel.dataset import Dataset
+
     if not isinstance(data, ExpressionData):
         data = load_input(data, cfg)
-    n, d = data.shape
+    d = data.shape[1]
     if cfg.k >= d:
         msg = f"--k {cfg.k} must be smaller than the number of genes ({d}); choose k < {d}"
         raise UsageError(msg)
@@ -153,77 +206,77 @@ def run_benchmark(
             msg = (f"too few labelled samples for accuracy (train {(tr != '').sum()}, test "
                    f"{(te != '').sum()}, {len(np.unique(tr[tr != '']))} classes in train)")
             raise DataError(msg)
-    timings: dict[str, float] = {"load": time.perf_counter() - t0}
-    seconds: dict[str, float] = {}
-    panels: dict[str, np.ndarray] = {}
-    detail: dict[str, str] = {}
-    cae_info: dict[str, Any] = {}
-    stability: dict[str, Any] | None = None
+    return ds
 
-    if "cae" in methods:
-        con = resolve(data.genes, cfg.k)
-        runs = []
-        for s in range(seeds):
-            t = time.perf_counter()
-            trained = _train(ds, cfg.replace(seed=cfg.seed + s), con, None, None, resume=False,
-                             on_epoch=on_epoch, stop_after_epochs=None)
-            final, refinement = refine_panel(ds, cfg, con, trained.panel)
-            runs.append((trained, final, refinement, time.perf_counter() - t))
-        trained, final, refinement, secs = runs[0]
-        seconds["cae"] = secs
-        seconds["cae_unrefined"] = trained.seconds
-        panels["cae"] = np.sort(final.indices)
-        panels["cae_unrefined"] = np.sort(trained.panel.indices)
-        for s, run in enumerate(runs[1:], start=1):
-            panels[f"cae_seed{s}"] = np.sort(run[1].indices)
-            panels[f"cae_unrefined_seed{s}"] = np.sort(run[0].panel.indices)
-        fr = trained.result
-        cae_info = {
-            "converged": fr.converged, "stop_epoch": fr.stop_epoch,
-            "epochs_run": fr.epochs_run,
-            "final_mean_max_prob": fr.history[-1]["mean_max_prob"] if fr.history else None,
-            "batch_size": fr.batch_size, "steps_per_epoch": fr.steps_per_epoch,
-            "learning_rate": cfg.train.learning_rate, "max_epochs": cfg.train.max_epochs,
-            "decoder": cfg.model.decoder, "refinement": refinement,
-        }
-        state = (f"converged at epoch {fr.stop_epoch}" if fr.converged
-                 else f"not converged after {fr.epochs_run} epochs")
-        detail["cae_unrefined"] = f"{cfg.model.decoder} decoder, {state}"
-        detail["cae"] = (f"swap refinement kept the {refinement['kept_start']} start, "
+
+@dataclass
+class _Cae:
+    """The concrete autoencoder's panels (every seed, refined and not) and their records."""
+
+    panels: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _cae_panels(
+    ds: Any, cfg: SelectConfig, seeds: int,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> _Cae:
+    """Train (and refine) the concrete autoencoder from ``seeds`` seeds on ``ds``."""
+    from genepanel.api import _train, refine_panel
+    from genepanel.constraints import resolve
+
+    con = resolve(ds.data.genes, cfg.k)
+    runs = []
+    for s in range(seeds):
+        t = time.perf_counter()
+        trained = _train(ds, cfg.replace(seed=cfg.seed + s), con, None, None, resume=False,
+                         on_epoch=on_epoch, stop_after_epochs=None)
+        final, refinement = refine_panel(ds, cfg, con, trained.panel)
+        runs.append((trained, final, refinement, time.perf_counter() - t))
+    trained, final, refinement, secs = runs[0]
+    out = _Cae(seconds={"cae": secs, "cae_unrefined": trained.seconds})
+    out.panels["cae"] = np.sort(final.indices)
+    out.panels["cae_unrefined"] = np.sort(trained.panel.indices)
+    for s, run in enumerate(runs[1:], start=1):
+        out.panels[f"cae_seed{s}"] = np.sort(run[1].indices)
+        out.panels[f"cae_unrefined_seed{s}"] = np.sort(run[0].panel.indices)
+    fr = trained.result
+    out.info = {
+        "converged": fr.converged, "stop_epoch": fr.stop_epoch,
+        "epochs_run": fr.epochs_run,
+        "final_mean_max_prob": fr.history[-1]["mean_max_prob"] if fr.history else None,
+        "batch_size": fr.batch_size, "steps_per_epoch": fr.steps_per_epoch,
+        "learning_rate": cfg.train.learning_rate, "max_epochs": cfg.train.max_epochs,
+        "decoder": cfg.model.decoder, "refinement": refinement,
+    }
+    state = (f"converged at epoch {fr.stop_epoch}" if fr.converged
+             else f"not converged after {fr.epochs_run} epochs")
+    out.detail["cae_unrefined"] = f"{cfg.model.decoder} decoder, {state}"
+    out.detail["cae"] = (f"swap refinement kept the {refinement['kept_start']} start, "
                          f"{refinement['genes_replaced']} genes replaced"
                          if refinement.get("enabled") else refinement["reason"])
-    timings["cae"] = seconds.get("cae", 0.0)
+    return out
 
-    names = tuple(m for m in methods if m not in ("cae", "pca"))
-    extra, chosen = baseline_panels(ds, cfg, None, names, n_random)
-    panels.update(extra)
-    for name, sel in chosen.items():
-        seconds[name] = sel.seconds
-        detail[name] = sel.detail
-    timings["baselines"] = sum(v for key, v in seconds.items() if not key.startswith("cae"))
 
-    t = time.perf_counter()
-    scores = score(ds, panels, pca_k=cfg.k if "pca" in methods else None, labels=y,
-                   seed=cfg.seed) if panels else None
-    timings["score"] = time.perf_counter() - t
-    if scores is not None and scores.pca is not None:
-        detail["pca"] = f"{scores.pca.components} principal components"
-    if seeds > 1 and scores is not None:
-        stability = seed_stability(scores, seeds, cfg.seed)
-    rows = [m for m in methods if m != "cae"]
-    if "cae" in methods:
-        rows = ["cae", "cae_unrefined", *rows]
-    table = _table(rows, scores, seconds, detail, cfg.k, converged=cae_info.get("converged"))
-    if cae_info and not cae_info["converged"]:  # marked in benchmark.md/.tsv and the plot
-        cae_rows = table["method"].str.startswith("cae")
-        table.loc[cae_rows, "description"] += " (NOT CONVERGED)"
-    timings["total"] = time.perf_counter() - t0
+def _record(
+    ds: Any, cfg: SelectConfig, methods: tuple[str, ...], table: pd.DataFrame, scores: Any,
+    panels: dict[str, np.ndarray], n_random: int, *, labels: str | None,
+    cae_info: dict[str, Any], seeds: int, timings: dict[str, float],
+) -> dict[str, Any]:
+    """``benchmark.json``: the table, every panel, the scores and how they were obtained."""
     from genepanel.saved import versions
 
+    data = ds.data
+    n, d = data.shape
+    stability = None
+    if seeds > 1 and scores is not None:
+        stability = seed_stability(scores, seeds, cfg.seed)
     mse = {} if scores is None else {nm: s.test_mse for nm, s in scores.panels.items()}
     acc = {} if scores is None else {nm: s.accuracy for nm, s in scores.panels.items()
                                      if s.accuracy is not None}
-    record = {
+    return {
         "data": {"source": data.source, "n_samples": n, "n_genes": d,
                  "split": ds.split.sizes()},
         "k": cfg.k, "seed": cfg.seed, "methods": list(methods),
@@ -244,12 +297,6 @@ def run_benchmark(
         "config": cfg.to_dict(),
         "timings_seconds": timings, "versions": versions(),
     }
-    result = BenchmarkResult(table=table, panels=panels, record=record, timings=timings)
-    if outdir is not None:
-        staging = outdir.prepare()
-        write_outputs(staging, result, data.genes)
-        result.out = outdir.commit()
-    return result
 
 
 def seed_stability(scores: Any, seeds: int, seed: int) -> dict[str, Any]:

@@ -7,8 +7,10 @@ the training rows: the closed-form unregularised linear regression (ridge with t
 penalty chosen on the validation rows where the panel has at least as many genes, plus
 intercept, as there are training rows: least squares would interpolate them; see
 :func:`genepanel.evaluate.guarded_linear_fit`), and MLPs (Dense + LeakyReLU(0.2), Adam,
-early stopping on the validation rows) over several seeds. The held-out test rows give
-the metrics:
+early stopping on the validation rows) over several seeds. The data are held in a
+:class:`~genepanel.dataset.Dataset` (the run's split and fitted preprocessing, each part
+read once) and every panel and decoder is scored by :func:`genepanel.evaluate.score`
+(``guarded``, ``per_gene``) in one pass over the test rows, which give the metrics:
 
 - ``mse_all``: mean squared error over every gene (the paper's metric; a panel's own
   genes count too, which favours the larger panel);
@@ -16,13 +18,13 @@ the metrics:
   imputation comparison);
 - per-gene Pearson correlation over the genes in neither panel (mean and median).
 
-With ``sweep`` concrete-autoencoder panels of several sizes are trained (the paper's
-Fig. 6b) and the smallest whose linear-decoder ``mse_all`` reaches the reference's is
-reported, counting only panels whose selector converged and whose linear fit is
-unregularised (:func:`sweep_match`). Greedy column subset selection and top-variance
-panels of the same sizes are scored alongside; the report says when either reaches the
-reference at a smaller size than the CAE panels or beats a CAE panel of the same size
-(:func:`baseline_notes`).
+With ``sweep`` concrete-autoencoder panels of several sizes are trained on the same
+``Dataset`` (the paper's Fig. 6b) and the smallest whose linear-decoder ``mse_all``
+reaches the reference's is reported, counting only panels whose selector converged and
+whose linear fit is unregularised (:func:`sweep_match`). Greedy column subset selection
+and top-variance panels of the same sizes are scored alongside; the report says when
+either reaches the reference at a smaller size than the CAE panels or beats a CAE panel
+of the same size (:func:`baseline_notes`).
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from genepanel.data import Preprocessor, Split, dense_rows, make_split
+from genepanel.config import SelectConfig, from_dict
+from genepanel.dataset import Dataset
 from genepanel.errors import DataError, UsageError
+from genepanel.evaluate import Decoder, GeneErrors, Scores, score
 from genepanel.io import (
     ExpressionData,
     OutputDir,
@@ -49,6 +54,7 @@ from genepanel.io import (
 )
 from genepanel.landmarks import ReferenceMatch, map_gene_list, map_landmarks, read_gene_list
 from genepanel.saved import FittedModel, load_model
+from genepanel.selectors import run_selector
 
 log = logging.getLogger("genepanel")
 
@@ -236,20 +242,6 @@ def pearson_per_gene(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scores(truth: np.ndarray, pred: np.ndarray, neither: np.ndarray) -> dict[str, Any]:
-    err = np.square(pred.astype(np.float64) - truth)
-    r = pearson_per_gene(truth[:, neither], pred[:, neither])
-    return {
-        "mse_all": float(err.mean()),
-        "mse_neither": float(err[:, neither].mean()),
-        "pearson_mean_neither": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"),
-        "pearson_median_neither": (
-            float(np.nanmedian(r)) if np.isfinite(r).any() else float("nan")
-        ),
-        "_pearson": r,
-    }
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -408,131 +400,53 @@ def compare_landmarks(
     DataError
         Data lacking the run's genes, or a reference that matches too few genes.
     """
-    from genepanel.config import from_dict
-
     cfg = config or CompareConfig()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    outdir = None
-    if out is not None:
-        refs = reference if isinstance(reference, str | Path) else None
-        outdir = OutputDir(out, overwrite=overwrite, command="compare-landmarks",
-                           inputs=input_paths(data, panel if not isinstance(panel, FittedModel)
-                                              else None, refs))
-    if outdir is not None:
-        outdir.check()
-    folder = None
-    if not isinstance(panel, FittedModel):
-        folder = Path(panel)
-        panel = load_model(folder)
-    model = panel
+    outdir = _output_dir(out, data, panel, reference, overwrite=overwrite)
+    folder = None if isinstance(panel, FittedModel) else Path(panel)
+    model = panel if isinstance(panel, FittedModel) else load_model(folder)
     sel_cfg = from_dict(model.meta.get("config", {}))
     seed = cfg.seed if cfg.seed is not None else sel_cfg.seed
+    data, var = _restrict(*_read_data(data, sel_cfg), model)
+    mapping = _reference_match(reference, data, var, cfg)
+    sets = _PanelSets.of(np.asarray(model.panel_index), mapping.indices, data.genes)
 
-    var = None
-    if not isinstance(data, ExpressionData):
-        path = Path(data)
-        i = sel_cfg.input
-        data = read_matrix(path, layer=i.layer, gene_column=i.gene_column, dataset=i.dataset,
-                           genes=i.genes, genes_by_samples=i.genes_by_samples)
-        var = _read_var(path, data.shape[1])
-    data, var = _restrict(data, var, model)
-    n, d = data.shape
-
-    # reference panel
-    if reference is None:
-        mapping = map_landmarks(data.genes, var, dgex_only=cfg.dgex_only)
-        ref_label = "D-GEX landmarks" if cfg.dgex_only else "L1000 landmarks"
-    else:
-        if isinstance(reference, list | tuple):
-            names, ref_label = list(reference), "reference genes"
-        else:
-            names, ref_label = read_gene_list(reference), f"genes of {Path(reference).name}"
-        mapping = map_gene_list(names, data.genes, var, name=ref_label)
-    mapping.check(cfg.min_found, data.source)
-    ref = np.sort(mapping.indices)
-    cand = np.sort(np.asarray(model.panel_index))
-    panels = {"candidate": cand, "reference": ref}
-    in_c = np.zeros(d, bool)
-    in_c[cand] = True
-    in_r = np.zeros(d, bool)
-    in_r[ref] = True
-    neither = ~(in_c | in_r)
-    if not neither.any():
-        msg = "the two panels together hold every gene, so no gene is left to impute"
-        raise DataError(msg)
-    shared = np.flatnonzero(in_c & in_r)
-    overlap = {
-        "n": len(shared),
-        "jaccard": float(len(shared) / np.count_nonzero(in_c | in_r)),
-        "genes": [data.genes[j] for j in shared],
-    }
-
-    # the panel run's split and preprocessing
-    split = make_split(n, sel_cfg.split, sel_cfg.seed, data.obs)
-    run = _run_record(folder)
-    same_split = None
-    if run is not None:
-        same_split = (run["data"]["n_samples"] == n and run["data"]["split"] == split.sizes())
-        if not same_split:
-            log.warning("the data differ from the panel's run (%s samples there, %d here): "
-                        "the split is not the one the panel was selected on",
-                        run["data"]["n_samples"], n)
-    pre = model.pre
+    # the panel run's split and fitted preprocessing; a supervised run's labels only
+    # where the sweep trains panels
     t = time.perf_counter()
-    train = dense_rows(data, pre, split.train)
-    val = dense_rows(data, pre, split.val) if len(split.val) else None
-    test = dense_rows(data, pre, split.test)
+    ds = Dataset.build(data, sel_cfg if cfg.sweep else sel_cfg.replace(labels=None),
+                       pre=model.pre)
+    same_split = _same_split(folder, ds)
     timings["preprocess"] = time.perf_counter() - t
 
-    # fit and score
+    sweep_panels: dict[str, np.ndarray] = {}
+    sweep_rows: list[dict[str, Any]] = []
+    if cfg.sweep:
+        t = time.perf_counter()
+        sweep_panels, sweep_rows = _sweep_select(ds, sel_cfg, cfg, sets.ref)
+        timings["sweep"] = time.perf_counter() - t
+
     t = time.perf_counter()
-    records, corr = _fit_all(data, pre, split, panels, train, val, test, neither, cfg, seed,
-                             progress=progress)
+    decoders, trials = _train_mlps(ds, sets.panels, cfg, seed)
+    scores = score(ds, {**sets.panels, **sweep_panels}, guarded=True, per_gene=True,
+                   decoders=decoders)
+    records, corr = _records(scores, sets, trials, progress=progress)
     timings["decoders"] = time.perf_counter() - t
     trials_df = pd.DataFrame(records)
     summary = _summarise(trials_df)
-    per_gene = pd.DataFrame({
-        "gene": data.genes, "in_candidate": in_c, "in_reference": in_r,
-        "test_variance": test.var(axis=0),
-    })
-    for (pname, dec), r in corr.items():
-        full = np.full(d, np.nan)
-        full[neither] = r
-        per_gene[f"pearson_{pname}_{dec}"] = full
-
-    fair = len(cand) == len(ref)
-    fairness = (
-        "same size: a fair comparison" if fair else
-        f"sizes differ ({len(cand)} vs {len(ref)} genes): the larger panel has an advantage; "
-        "compare MSE on the genes in neither panel, and the size sweep (--sweep)"
-    )
-    info: dict[str, Any] = {
-        "data": data.source, "n_samples": n, "n_genes": d, "split": split.sizes(),
-        "split_rule": {"seed": sel_cfg.seed, **sel_cfg.split.__dict__},
-        "same_split_as_panel_run": same_split,
-        "preprocess": pre.to_dict(),
-        "panel_run": str(folder) if folder is not None else "in memory",
-        "candidate_size": len(cand), "reference_name": mapping.name,
-        "reference_size": len(ref), "reference_listed": mapping.n_reference,
-        "reference_not_found": mapping.not_found, "reference_matched_by": mapping.by_source,
-        "fair": fair, "fairness": fairness, "n_genes_neither": int(neither.sum()),
-        "config": {**cfg.__dict__, "mlp_hidden": [list(h) for h in cfg.mlp_hidden],
-                   "sweep_sizes": list(cfg.sweep_sizes) if cfg.sweep_sizes else None,
-                   "seed": seed},
-    }
-
+    per_gene = _per_gene_table(data.genes, sets, scores.test_gene_variance, corr)
+    info = _info(data, ds, sel_cfg, cfg, seed, model, folder, mapping, sets,
+                 same_split=same_split)
     sweep_df = None
     if cfg.sweep:
-        t = time.perf_counter()
-        sweep_df, match = _sweep(data, split, sel_cfg, cfg, ref, cand, summary,
-                                 (train, val, test), progress=progress)
-        info["sweep_match"] = match
-        timings["sweep"] = time.perf_counter() - t
+        sweep_df = _sweep_table(sweep_rows, scores, sets, summary, progress=progress)
+        info["sweep_match"] = sweep_match(sweep_df)
     timings["total"] = time.perf_counter() - t0
     info["timings_seconds"] = timings
-    res = CompareResult(trials=trials_df, summary=summary, per_gene=per_gene, overlap=overlap,
-                        mapping=mapping, sweep=sweep_df, info=info, timings=timings)
+    res = CompareResult(trials=trials_df, summary=summary, per_gene=per_gene,
+                        overlap=sets.overlap, mapping=mapping, sweep=sweep_df, info=info,
+                        timings=timings)
     if outdir is not None:
         staging = outdir.prepare()
         _write_outputs(staging, res)
@@ -540,66 +454,230 @@ def compare_landmarks(
     return res
 
 
-def _fit_all(
-    data: ExpressionData,
-    pre: Preprocessor,
-    split: Split,
-    panels: dict[str, np.ndarray],
-    train: np.ndarray,
-    val: np.ndarray | None,
-    test: np.ndarray,
-    neither: np.ndarray,
-    cfg: CompareConfig,
-    seed: int,
-    *,
-    progress: bool,
-) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
-    from genepanel.evaluate import guarded_linear_fit
+def _output_dir(
+    out: str | Path | None, data: Any, panel: Any, reference: Any, *, overwrite: bool
+) -> OutputDir | None:
+    """The checked output folder (``None``: nothing is written)."""
+    if out is None:
+        return None
+    refs = reference if isinstance(reference, str | Path) else None
+    outdir = OutputDir(out, overwrite=overwrite, command="compare-landmarks",
+                       inputs=input_paths(data, panel if not isinstance(panel, FittedModel)
+                                          else None, refs))
+    outdir.check()
+    return outdir
 
-    records: list[dict[str, Any]] = []
-    corr: dict[tuple[str, str], np.ndarray] = {}
-    for pname, idx in panels.items():
-        fit, how = guarded_linear_fit(train, val, idx)
-        if fit is None:
-            s = {**dict.fromkeys(_METRICS, float("nan")),
-                 "_pearson": np.full(int(neither.sum()), np.nan)}
-            log.warning("linear %s: not fitted (%s and no validation rows to choose a ridge "
-                        "penalty)", pname, how["reason"])
+
+def _read_data(
+    data: ExpressionData | str | Path, sel_cfg: SelectConfig
+) -> tuple[ExpressionData, pd.DataFrame | None]:
+    """The matrix, read with the panel run's input options, and its ``var`` table."""
+    if isinstance(data, ExpressionData):
+        return data, None
+    path = Path(data)
+    i = sel_cfg.input
+    x = read_matrix(path, layer=i.layer, gene_column=i.gene_column, dataset=i.dataset,
+                    genes=i.genes, genes_by_samples=i.genes_by_samples)
+    return x, _read_var(path, x.shape[1])
+
+
+def _reference_match(
+    reference: str | Path | list[str] | None, data: ExpressionData, var: pd.DataFrame | None,
+    cfg: CompareConfig,
+) -> ReferenceMatch:
+    """The reference panel mapped onto the data's genes (refused when too few match)."""
+    if reference is None:
+        mapping = map_landmarks(data.genes, var, dgex_only=cfg.dgex_only)
+    else:
+        if isinstance(reference, list | tuple):
+            names, label = list(reference), "reference genes"
         else:
-            s = _scores(test, fit.predict(test[:, idx]), neither)
-        corr[(pname, "linear")] = s.pop("_pearson")
-        records.append({"panel": pname, "decoder": "linear", "trial": 0, "panel_size": len(idx),
-                        **s, "epochs_run": 0, "best_epoch": 0, "linear_fit": how["fit"],
-                        "ridge_alpha": how.get("alpha", float("nan")),
-                        "ridge_lambda": how.get("ridge_lambda", float("nan"))})
-        if progress and fit is not None:
-            log.info("linear  %-9s test MSE all %.4g, neither %.4g (%s)", pname, s["mse_all"],
-                     s["mse_neither"], _fit_label(how))
+            names, label = read_gene_list(reference), f"genes of {Path(reference).name}"
+        mapping = map_gene_list(names, data.genes, var, name=label)
+    mapping.check(cfg.min_found, data.source)
+    return mapping
+
+
+@dataclass(frozen=True)
+class _PanelSets:
+    """The two panels (sorted indices) and which genes lie in either, both or neither."""
+
+    cand: np.ndarray
+    ref: np.ndarray
+    in_c: np.ndarray
+    in_r: np.ndarray
+    neither: np.ndarray
+    overlap: dict[str, Any]
+
+    @property
+    def panels(self) -> dict[str, np.ndarray]:
+        """``{"candidate": …, "reference": …}``."""
+        return {"candidate": self.cand, "reference": self.ref}
+
+    @classmethod
+    def of(cls, cand: np.ndarray, ref: np.ndarray, genes: list[str]) -> _PanelSets:
+        """Membership of ``genes`` in the two panels; refused when no gene is left over."""
+        cand, ref = np.sort(cand), np.sort(ref)
+        in_c = np.zeros(len(genes), bool)
+        in_c[cand] = True
+        in_r = np.zeros(len(genes), bool)
+        in_r[ref] = True
+        neither = ~(in_c | in_r)
+        if not neither.any():
+            msg = "the two panels together hold every gene, so no gene is left to impute"
+            raise DataError(msg)
+        shared = np.flatnonzero(in_c & in_r)
+        overlap = {"n": len(shared), "jaccard": float(len(shared) / np.count_nonzero(in_c | in_r)),
+                   "genes": [genes[j] for j in shared]}
+        return cls(cand, ref, in_c, in_r, neither, overlap)
+
+
+def _same_split(folder: Path | None, ds: Dataset) -> bool | None:
+    """Whether the data match the panel run's (``None``: no run record to tell)."""
+    run = _run_record(folder)
+    if run is None:
+        return None
+    n = ds.data.shape[0]
+    same = run["data"]["n_samples"] == n and run["data"]["split"] == ds.split.sizes()
+    if not same:
+        log.warning("the data differ from the panel's run (%s samples there, %d here): "
+                    "the split is not the one the panel was selected on",
+                    run["data"]["n_samples"], n)
+    return same
+
+
+def _info(
+    data: ExpressionData, ds: Dataset, sel_cfg: SelectConfig, cfg: CompareConfig, seed: int,
+    model: FittedModel, folder: Path | None, mapping: ReferenceMatch, sets: _PanelSets, *,
+    same_split: bool | None,
+) -> dict[str, Any]:
+    """The JSON-able description of the run (``comparison.json``, the report)."""
+    n, d = data.shape
+    nc, nr = len(sets.cand), len(sets.ref)
+    fair = nc == nr
+    fairness = (
+        "same size: a fair comparison" if fair else
+        f"sizes differ ({nc} vs {nr} genes): the larger panel has an advantage; "
+        "compare MSE on the genes in neither panel, and the size sweep (--sweep)"
+    )
+    return {
+        "data": data.source, "n_samples": n, "n_genes": d, "split": ds.split.sizes(),
+        "split_rule": {"seed": sel_cfg.seed, **sel_cfg.split.__dict__},
+        "same_split_as_panel_run": same_split,
+        "preprocess": model.pre.to_dict(),
+        "panel_run": str(folder) if folder is not None else "in memory",
+        "candidate_size": nc, "reference_name": mapping.name,
+        "reference_size": nr, "reference_listed": mapping.n_reference,
+        "reference_not_found": mapping.not_found, "reference_matched_by": mapping.by_source,
+        "fair": fair, "fairness": fairness, "n_genes_neither": int(sets.neither.sum()),
+        "config": {**cfg.__dict__, "mlp_hidden": [list(h) for h in cfg.mlp_hidden],
+                   "sweep_sizes": list(cfg.sweep_sizes) if cfg.sweep_sizes else None,
+                   "seed": seed},
+    }
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """One trained MLP decoder: its panel, class, trial number and training record."""
+
+    panel: str
+    decoder: str
+    trial: int
+    info: dict[str, Any]
+
+
+def _train_mlps(
+    ds: Dataset, panels: dict[str, np.ndarray], cfg: CompareConfig, seed: int
+) -> tuple[dict[str, Decoder], dict[str, _Trial]]:
+    """Train every MLP decoder class on every panel, ``cfg.trials`` seeds each.
+
+    Returns the fitted decoders for :func:`~genepanel.evaluate.score` and what each is,
+    by the same names.
+    """
+    train = ds.matrix("train")
+    val = ds.matrix("val") if ds.val is not None else None
+    decoders: dict[str, Decoder] = {}
+    trials: dict[str, _Trial] = {}
     for hidden in cfg.mlp_hidden:
         dec = decoder_name(hidden)
         for pname, idx in panels.items():
             fitter = MLPFitter(len(idx), train.shape[1], hidden, cfg.learning_rate)
-            rs = []
             for trial in range(cfg.trials):
                 params, fit_info = fitter.fit(
                     train[:, idx], train, val[:, idx] if val is not None else None, val,
                     seed=int(seed) * 1000 + trial, epochs=cfg.epochs, patience=cfg.patience,
                     batch_size=cfg.batch_size,
                 )
-                s = _scores(test, fitter.predict(params, test[:, idx]), neither)
-                rs.append(s.pop("_pearson"))
-                records.append({"panel": pname, "decoder": dec, "trial": trial,
-                                "panel_size": len(idx), **s,
-                                "epochs_run": fit_info["epochs_run"],
-                                "best_epoch": fit_info["best_epoch"]})
-                if progress:
-                    log.info("%s %-9s trial %d: test MSE all %.4g, neither %.4g (%d epochs)",
-                             dec, pname, trial, s["mse_all"], s["mse_neither"],
-                             fit_info["epochs_run"])
-            with warnings.catch_warnings():  # genes constant on the test rows stay NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                corr[(pname, dec)] = np.nanmean(np.stack(rs), axis=0)
+                name = f"{dec} {pname} {trial}"
+                decoders[name] = (idx, partial(fitter.predict, params))
+                trials[name] = _Trial(pname, dec, trial, fit_info)
+    return decoders, trials
+
+
+def _metric_values(genes: GeneErrors, neither: np.ndarray) -> dict[str, Any]:
+    """A reconstruction's metrics (``_METRICS``) and its Pearson r over the neither genes."""
+    r = genes.pearson[neither]
+    some = np.isfinite(r).any()
+    return {
+        "mse_all": float(np.mean(genes.mse)),
+        "mse_neither": float(np.mean(genes.mse[neither])),
+        "pearson_mean_neither": float(np.nanmean(r)) if some else float("nan"),
+        "pearson_median_neither": float(np.nanmedian(r)) if some else float("nan"),
+        "_pearson": r,
+    }
+
+
+def _records(
+    scores: Scores, sets: _PanelSets, trials: dict[str, _Trial], *, progress: bool
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
+    """One record per (panel, decoder, trial), and each (panel, decoder)'s mean Pearson r."""
+    records: list[dict[str, Any]] = []
+    corr: dict[tuple[str, str], np.ndarray] = {}
+    for pname, idx in sets.panels.items():
+        ps = scores.panels[pname]
+        how = ps.fit_info or {"fit": ps.fit}
+        if ps.fit == "refused":
+            log.warning("linear %s: not fitted (%s and no validation rows to choose a ridge "
+                        "penalty)", pname, how["reason"])
+        s = _metric_values(ps.genes, sets.neither)
+        corr[(pname, "linear")] = s.pop("_pearson")
+        records.append({"panel": pname, "decoder": "linear", "trial": 0, "panel_size": len(idx),
+                        **s, "epochs_run": 0, "best_epoch": 0, "linear_fit": ps.fit,
+                        "ridge_alpha": how.get("alpha", float("nan")),
+                        "ridge_lambda": how.get("ridge_lambda", float("nan"))})
+        if progress and ps.fit != "refused":
+            log.info("linear  %-9s test MSE all %.4g, neither %.4g (%s)", pname, s["mse_all"],
+                     s["mse_neither"], _fit_label(how))
+    by_pair: dict[tuple[str, str], list[np.ndarray]] = {}
+    for name, tr in trials.items():
+        s = _metric_values(scores.decoders[name], sets.neither)
+        by_pair.setdefault((tr.panel, tr.decoder), []).append(s.pop("_pearson"))
+        records.append({"panel": tr.panel, "decoder": tr.decoder, "trial": tr.trial,
+                        "panel_size": len(sets.panels[tr.panel]), **s,
+                        "epochs_run": tr.info["epochs_run"], "best_epoch": tr.info["best_epoch"]})
+        if progress:
+            log.info("%s %-9s trial %d: test MSE all %.4g, neither %.4g (%d epochs)",
+                     tr.decoder, tr.panel, tr.trial, s["mse_all"], s["mse_neither"],
+                     tr.info["epochs_run"])
+    for pair, rs in by_pair.items():
+        with warnings.catch_warnings():  # genes constant on the test rows stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            corr[pair] = np.nanmean(np.stack(rs), axis=0)
     return records, corr
+
+
+def _per_gene_table(
+    genes: list[str], sets: _PanelSets, test_variance: np.ndarray,
+    corr: dict[tuple[str, str], np.ndarray],
+) -> pd.DataFrame:
+    """One row per gene: membership, test variance, mean Pearson r per panel and decoder."""
+    per_gene = pd.DataFrame({"gene": genes, "in_candidate": sets.in_c,
+                             "in_reference": sets.in_r, "test_variance": test_variance})
+    for (pname, dec), r in corr.items():
+        full = np.full(len(genes), np.nan)
+        full[sets.neither] = r
+        per_gene[f"pearson_{pname}_{dec}"] = full
+    return per_gene
 
 
 def _fit_label(how: dict[str, Any]) -> str:
@@ -641,114 +719,79 @@ def _default_sweep_sizes(n_ref: int, n_genes: int) -> tuple[int, ...]:
     return tuple(sorted(s for s in sizes if s < n_genes))
 
 
-def _sweep(
-    data: ExpressionData,
-    split: Split,
-    sel_cfg: Any,
-    cfg: CompareConfig,
-    ref: np.ndarray,
-    cand: np.ndarray,
-    summary: pd.DataFrame,
-    rows_: tuple[np.ndarray, np.ndarray | None, np.ndarray],
-    *,
-    progress: bool,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """CAE, greedy and top-variance panels of several sizes; linear test MSE (all genes)."""
-    from genepanel.api import select_panel
-    from genepanel.evaluate import guarded_linear_fit
+def _sweep_select(
+    ds: Dataset, sel_cfg: SelectConfig, cfg: CompareConfig, ref: np.ndarray
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Greedy, top-variance and CAE panels of every swept size, chosen on ``ds``.
 
-    d = data.shape[1]
+    Returns the panels (named ``<selector> <size>``) and one sweep row per panel without
+    its test error (filled by :func:`_sweep_table`). Every selector sees the compare
+    run's training rows (the panel run's split and fitted preprocessing) and the panel
+    run's gene constraints (``--include``/``--exclude``/``--candidates``). Greedy
+    selection is nested, so it runs once at the largest size and is sliced (each greedy
+    row's ``seconds`` is that one run).
+    """
+    from genepanel.api import select_panels
+    from genepanel.constraints import resolve
+
+    d = ds.n_genes
     sizes = cfg.sweep_sizes or _default_sweep_sizes(len(ref), d)
     too_big = [s for s in sizes if s >= d]
     if too_big:
         msg = f"--sweep-sizes {too_big[0]} is not below the number of genes ({d})"
         raise UsageError(msg)
+    con = resolve(ds.data.genes, max(sizes), sel_cfg.include, sel_cfg.exclude,
+                  sel_cfg.candidates)
+    allowed = con.selectable()
+    panels: dict[str, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    for k in sorted(sizes, reverse=True):  # the largest greedy run first: the rest slice it
+        for name in SWEEP_BASELINES:
+            sel = run_selector(name, ds, int(k), seed=sel_cfg.seed, allowed=allowed,
+                               include=con.include)
+            panels[f"{name} {k}"] = sel.indices
+            rows.append({"panel": name, "size": int(k), "seconds": sel.seconds})
     changes: dict[str, Any] = {}
     if cfg.sweep_epochs is not None:
         changes["train.max_epochs"] = cfg.sweep_epochs
-    train, val, test = rows_
-    rows = []
-    for k in sizes:
-        t = time.perf_counter()
-        res = select_panel(data, sel_cfg.replace(k=int(k), **changes), None,
-                           evaluate_baselines=False)
-        idx = np.sort(res.panel.indices)
-        fit, how = guarded_linear_fit(train, val, idx)
-        mse = (float(np.mean(np.square(fit.predict(test[:, idx]) - test)))
-               if fit is not None else float("nan"))
-        rows.append({"panel": "cae_sweep", "size": int(k), "mse_all_linear": mse,
-                     "linear_fit": how["fit"], "converged": bool(res.fit.converged),
-                     "epochs_run": res.fit.epochs_run,
-                     "overlap_with_reference": int(np.intersect1d(idx, ref).size),
-                     "seconds": time.perf_counter() - t})
+    results = select_panels(ds, sel_cfg.replace(**changes), list(sizes), None,
+                            evaluate_baselines=False)
+    for k, res in zip(sizes, results, strict=True):
+        panels[f"cae_sweep {k}"] = np.sort(res.panel.indices)
+        rows.append({"panel": "cae_sweep", "size": int(k), "converged": bool(res.fit.converged),
+                     "epochs_run": res.fit.epochs_run, "seconds": res.timings["total"]})
+    return panels, rows
+
+
+def _sweep_table(
+    rows: list[dict[str, Any]], scores: Scores, sets: _PanelSets, summary: pd.DataFrame,
+    *, progress: bool,
+) -> pd.DataFrame:
+    """``sweep.tsv``: the swept panels' linear test MSE (all genes), then the two panels."""
+    out = []
+    for row in sorted(rows, key=lambda r: (r["panel"] != "cae_sweep", r["size"])):
+        ps = scores.panels[f"{row['panel']} {row['size']}"]
+        out.append({"panel": row["panel"], "size": row["size"], "mse_all_linear": ps.test_mse,
+                    "linear_fit": ps.fit,
+                    **{c: row[c] for c in ("converged", "epochs_run") if c in row},
+                    "overlap_with_reference": int(np.intersect1d(ps.indices, sets.ref).size),
+                    "seconds": row["seconds"]})
         if progress:
-            state = "converged" if res.fit.converged else "NOT converged"
-            log.info("sweep: CAE panel of %d genes (%s): linear test MSE %.4g (%s)", k, state,
-                     mse, _fit_label(how))
-    rows += _sweep_baselines(data, sel_cfg, sizes, rows_, ref, progress=progress)
+            state = ("" if "converged" not in row else
+                     " (converged)" if row["converged"] else " (NOT converged)")
+            log.info("sweep: %s panel of %d genes%s: linear test MSE %.4g (%s)", row["panel"],
+                     row["size"], state, ps.test_mse, _fit_label(ps.fit_info or {"fit": ps.fit}))
     lin = summary[summary["decoder"] == "linear"].set_index("panel")
-    for pname, size in (("candidate", len(cand)), ("reference", len(ref))):
-        rows.append({"panel": pname, "size": size,
-                     "mse_all_linear": float(lin.loc[pname, "mse_all_mean"]),
-                     "linear_fit": lin.loc[pname, "fit"]})
-    df = pd.DataFrame(rows)
-    return df, sweep_match(df)
+    for pname, idx in sets.panels.items():
+        out.append({"panel": pname, "size": len(idx),
+                    "mse_all_linear": float(lin.loc[pname, "mse_all_mean"]),
+                    "linear_fit": lin.loc[pname, "fit"]})
+    return pd.DataFrame(out)
 
 
 #: Baseline panels of every swept size (``panel`` values of ``sweep.tsv``).
 SWEEP_BASELINES = {"greedy": "greedy column subset selection", "topvar": "top-variance genes"}
 _NOTE_NAMES = {"greedy": "the greedy panel", "topvar": "the top-variance panel"}
-
-
-def _sweep_baselines(
-    data: ExpressionData,
-    sel_cfg: Any,
-    sizes: tuple[int, ...],
-    rows_: tuple[np.ndarray, np.ndarray | None, np.ndarray],
-    ref: np.ndarray,
-    *,
-    progress: bool,
-) -> list[dict[str, Any]]:
-    """Greedy and top-variance panels of every swept size, scored like the CAE panels.
-
-    Both selectors see the compare run's training rows (the panel run's split and fitted
-    preprocessing) and the panel run's gene constraints (``--include``/``--exclude``/
-    ``--candidates``), as the CAE panels of the sweep do. Greedy selection is nested (its
-    first ``k`` genes are its panel of size ``k``), so it runs once at the largest size
-    and is sliced; each greedy row's ``seconds`` is that one run plus the row's refit.
-    """
-    from genepanel.constraints import resolve
-    from genepanel.evaluate import guarded_linear_fit
-    from genepanel.selectors import centred, greedy_css, topvar_panel
-
-    train, val, test = rows_
-    top = max(sizes)
-    con = resolve(data.genes, top, sel_cfg.include, sel_cfg.exclude, sel_cfg.candidates)
-    allowed = None
-    if con.active:
-        allowed = con.allowed.copy()
-        allowed[list(con.include)] = True
-    t = time.perf_counter()
-    order = greedy_css(centred(train), top, allowed=allowed, include=con.include)
-    greedy_s = time.perf_counter() - t
-    out = []
-    for k in sizes:
-        for name in SWEEP_BASELINES:
-            t = time.perf_counter()
-            idx = (np.sort(order[:k]) if name == "greedy" else
-                   topvar_panel(train, int(k), allowed))
-            fit, how = guarded_linear_fit(train, val, idx)
-            mse = (float(np.mean(np.square(fit.predict(test[:, idx]) - test)))
-                   if fit is not None else float("nan"))
-            seconds = time.perf_counter() - t + (greedy_s if name == "greedy" else 0.0)
-            out.append({"panel": name, "size": int(k), "mse_all_linear": mse,
-                        "linear_fit": how["fit"],
-                        "overlap_with_reference": int(np.intersect1d(idx, ref).size),
-                        "seconds": seconds})
-            if progress:
-                log.info("sweep: %s panel of %d genes: linear test MSE %.4g (%s)",
-                         name, k, mse, _fit_label(how))
-    return out
 
 
 def baseline_notes(df: pd.DataFrame) -> list[str]:

@@ -69,6 +69,14 @@ class Constraints:
         """Whether anything is constrained."""
         return bool(self.include) or not bool(self.allowed.all())
 
+    def selectable(self) -> np.ndarray | None:
+        """``[d]`` genes a baseline selector may choose (allowed or included; ``None``: all)."""
+        if not self.active:
+            return None
+        allowed = self.allowed.copy()
+        allowed[list(self.include)] = True
+        return allowed
+
     def mask(self, k: int) -> np.ndarray:
         """``[k, d]`` boolean mask of the logits each node may use."""
         d = len(self.allowed)

@@ -304,3 +304,15 @@ def dense_rows(
     for i in range(0, len(rows), batch_size):
         out[i : i + batch_size] = pre.transform(data.rows(rows[i : i + batch_size]))
     return out
+
+
+def sample_rows(rows: np.ndarray, max_rows: int | None, seed: int, stream: int) -> np.ndarray:
+    """At most ``max_rows`` of ``rows``: all of them, or a sorted random subset.
+
+    ``stream`` names the purpose (each caller has its own, so that their subsets are
+    independent and stay the same when another caller changes).
+    """
+    rows = np.asarray(rows)
+    if max_rows is None or len(rows) <= max_rows:
+        return rows
+    return np.sort(np.random.default_rng([seed, stream]).choice(rows, max_rows, replace=False))

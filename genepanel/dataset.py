@@ -11,13 +11,22 @@ training reads them from disk at most once.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import jax
 import numpy as np
 
 from genepanel.config import SelectConfig
-from genepanel.data import Preprocessor, Split, dense_rows, label_codes, make_split, resolve_labels
+from genepanel.data import (
+    Preprocessor,
+    Split,
+    dense_rows,
+    label_codes,
+    make_split,
+    resolve_labels,
+    sample_rows,
+)
 from genepanel.errors import DataError
 from genepanel.io import ExpressionData
 from genepanel.train import RowSource
@@ -54,13 +63,19 @@ class Dataset:
 
     @classmethod
     def build(
-        cls, data: ExpressionData, cfg: SelectConfig, *, eval_labels: str | None = None
+        cls, data: ExpressionData, cfg: SelectConfig, *, eval_labels: str | None = None,
+        pre: Preprocessor | None = None,
     ) -> Dataset:
-        """Split ``data``, fit the preprocessing on the training rows and set up row sources."""
+        """Split ``data``, fit the preprocessing on the training rows and set up row sources.
+
+        With ``pre`` (a fitted preprocessing, e.g. a saved run's) that one is used as is.
+        """
         t = time.perf_counter()
         n, d = data.shape
         split = make_split(n, cfg.split, cfg.seed, data.obs)
-        pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(data, split.train)
+        if pre is None:
+            pre = Preprocessor(kind=cfg.preprocess, target_sum=cfg.target_sum).fit(
+                data, split.train)
         budget = cfg.train.device_memory_budget_gb * 2**30
         host = int(cfg.input.host_memory_budget_gb * 2**30)
         # Fast path: the training matrix lives on the device. Several processes stream
@@ -75,10 +90,7 @@ class Dataset:
                        "training samples; supervised panels need at least two")
                 raise DataError(msg)
         lab = {"labels": codes, "n_classes": len(classes)}
-        val_rows = split.val
-        if len(val_rows) > VAL_ROWS:
-            val_rows = np.sort(np.random.default_rng([cfg.seed, 17]).choice(
-                val_rows, VAL_ROWS, replace=False))
+        val_rows = sample_rows(split.val, VAL_ROWS, cfg.seed, 17)
         # The test rows are read once and kept when they fit a quarter of the host budget.
         keep_test = len(split.test) * d * 4 <= host // 4 and not data.is_backed
         return cls(
@@ -106,22 +118,52 @@ class Dataset:
     def train_sample_rows(self) -> np.ndarray:
         """The training rows the selectors see (all, or a random subset within the budget)."""
         if self._train_rows is None:
-            rows = self.split.train
-            if len(rows) > self.max_train_rows:
-                rng = np.random.default_rng([self.seed, 0x5E1])
-                rows = np.sort(rng.choice(rows, self.max_train_rows, replace=False))
-            self._train_rows = rows
+            self._train_rows = sample_rows(self.split.train, self.max_train_rows, self.seed,
+                                           0x5E1)
         return self._train_rows
 
     def train_matrix(self) -> np.ndarray:
         """Dense preprocessed ``[n, d]`` float32 training rows (cached)."""
         if self._train_x is None:
             rows = self.train_sample_rows()
-            if self.train.dense is not None and len(rows) == self.train.n:
-                self._train_x = self.train.dense[:, : self.n_genes]
-            else:
-                self._train_x = dense_rows(self.data, self.pre, rows)
+            self._train_x = (self.matrix("train") if len(rows) == self.train.n
+                             else dense_rows(self.data, self.pre, rows))
         return self._train_x
+
+    def _dense(self, part: str) -> np.ndarray | None:
+        """Every row of ``part``, dense, if held already (materialised or cached)."""
+        source = getattr(self, part)
+        if source is not None and source.dense is not None:
+            return source.dense[:, : self.n_genes]
+        return self.cache.get(("dense", part))
+
+    def matrix(self, part: str) -> np.ndarray:
+        """Dense preprocessed ``[n, d]`` float32 rows of ``part`` (``train``/``val``/``test``).
+
+        Every row of that part (the row source's; the validation rows are capped at
+        :data:`VAL_ROWS`), read at most once: a row source's materialised copy, else
+        read and kept, so that later passes (:meth:`blocks`) read it from memory.
+        """
+        x = self._dense(part)
+        if x is None:
+            source = getattr(self, part)
+            if source is None:
+                return np.empty((0, self.n_genes), np.float32)
+            x = self.cache[("dense", part)] = dense_rows(self.data, self.pre, source.rows)
+        return x
+
+    def blocks(self, part: str, batch: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(data rows, dense preprocessed rows)`` of ``part`` in blocks of ``batch`` rows.
+
+        From memory when the part is held dense (:meth:`matrix`), else read and
+        preprocessed block by block (a sparse matrix is never densified whole).
+        """
+        source = getattr(self, part)
+        x = self._dense(part)
+        for i in range(0, source.n, batch):
+            rows = source.rows[i : i + batch]
+            yield rows, (x[i : i + batch] if x is not None else
+                         source.pre.transform(source.data.rows(rows)))
 
     def train_centred(self) -> np.ndarray:
         """Column-centred float64 copy of :meth:`train_matrix` (cached)."""

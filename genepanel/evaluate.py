@@ -3,22 +3,25 @@
 All metrics are mean squared errors over every entry of the preprocessed test matrix
 (``‖X̂ − X‖²_F / (n·d)``, the paper's metric). Data are streamed in row batches, so a
 sparse matrix is never densified whole. :func:`score` is the one scoring function of
-``select`` and ``benchmark``: every panel, the PCA bound and (with labels) ExtraTrees
-accuracy from one pass over the training rows and one over the test rows of a
+``select``, ``benchmark`` and ``compare-landmarks``: every panel, the PCA bound, (with
+labels) ExtraTrees accuracy, (on request) per-gene errors, guarded refits and already
+fitted decoders, from one pass over the training rows and one over the test rows of a
 :class:`~genepanel.dataset.Dataset`, returned as :class:`Scores`. :func:`fit_linear` and
-:func:`linear_test_mse` stay for callers that hold no ``Dataset`` (``compare``).
+:func:`linear_test_mse` stay for callers that hold no ``Dataset`` (benchmark scripts).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from genepanel.data import Preprocessor
+from genepanel.data import Preprocessor, sample_rows
 from genepanel.io import ExpressionData
 
 
@@ -57,33 +60,10 @@ def fit_linear(
     solved with a least-squares solver, so a rank-deficient panel (duplicated or
     constant genes) still gets the minimum-norm solution.
     """
-    union = np.unique(np.concatenate([np.asarray(p) for p in panels.values()]))
-    pos = {int(g): i for i, g in enumerate(union)}
-    d = data.shape[1]
-    s_u = np.zeros(len(union))
-    s_x = np.zeros(d)
-    uu = np.zeros((len(union), len(union)))
-    ux = np.zeros((len(union), d))
-    n = 0
-    for xb in _batches(data, pre, rows, batch):
-        xb64 = xb.astype(np.float64)
-        xu = xb64[:, union]
-        s_u += xu.sum(0)
-        s_x += xb64.sum(0)
-        uu += xu.T @ xu
-        ux += xu.T @ xb64
-        n += len(xb)
-    mu_u, mu_x = s_u / n, s_x / n
-    fits = {}
-    for name, panel in panels.items():
-        sel = np.array([pos[int(g)] for g in panel])
-        cov = uu[np.ix_(sel, sel)] - n * np.outer(mu_u[sel], mu_u[sel])
-        cross = ux[sel] - n * np.outer(mu_u[sel], mu_x)
-        coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
-        intercept = mu_x - mu_u[sel] @ coef
-        fits[name] = LinearFit(np.asarray(panel), coef.astype(np.float32),
-                               intercept.astype(np.float32))
-    return fits
+    union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in panels.values()]))
+    blocks = ((None, xb) for xb in _batches(data, pre, rows, batch))
+    mom = _train_moments(blocks, data.shape[1], union, None)
+    return {name: _ols_fit(mom, panel)[0] for name, panel in panels.items()}
 
 
 def guarded_linear_fit(
@@ -139,12 +119,10 @@ def linear_test_mse(
     batch: int = 2048,
 ) -> dict[str, float]:
     """Test MSE of each fitted panel regression over ``rows`` (one pass)."""
-    sse = dict.fromkeys(fits, 0.0)
-    for xb in _batches(data, pre, rows, batch):
-        for name, fit in fits.items():
-            sse[name] += float(np.sum(np.square(fit.predict(xb[:, fit.panel]) - xb)))
-    total = len(rows) * data.shape[1]
-    return {name: v / total for name, v in sse.items()}
+    test = _TestPass(data.shape[1], {name: (f.panel, f.predict) for name, f in fits.items()},
+                     per_gene=False)
+    test.run(((None, xb) for xb in _batches(data, pre, rows, batch)), None)
+    return {name: err.mse_all(test.m) for name, err in test.errors.items()}
 
 
 def random_panels(d: int, k: int, seed: int, n: int) -> list[np.ndarray]:
@@ -169,8 +147,7 @@ def hvg_panel(
     import anndata as ad
     import scanpy as sc
 
-    if len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng([seed, 13]).choice(rows, max_rows, replace=False))
+    rows = sample_rows(rows, max_rows, seed, 13)
     row_pre = Preprocessor(kind="log1p" if pre.uses_log1p else "none", target_sum=pre.target_sum)
     # Sparse input stays sparse here: scanpy computes dispersions on CSR directly.
     x = _row_transformed(data, row_pre, rows)
@@ -214,13 +191,27 @@ def _row_transformed(
 
 
 @dataclass(frozen=True)
+class GeneErrors:
+    """Held-out errors of one reconstruction, gene by gene (``[d]`` arrays).
+
+    ``pearson`` is NaN where the gene or its prediction is constant on the test rows.
+    """
+
+    mse: np.ndarray
+    pearson: np.ndarray
+
+
+@dataclass(frozen=True)
 class PanelScore:
     """Held-out score of one panel.
 
     ``determined`` is False when the panel has at least as many genes as there are
     training rows minus one: the refit (``k`` coefficients and an intercept) is then not
     determined by the data, its error says nothing about the panel, and comparisons
-    leave it out.
+    leave it out. ``fit`` says how the refit was solved: ``ols`` (least squares),
+    ``ridge`` or ``refused`` (``guarded`` scoring of an undetermined panel, see
+    :func:`guarded_linear_fit`; ``fit_info`` holds its record, NaN errors when refused).
+    ``genes`` holds the per-gene errors when they were asked for.
     """
 
     name: str
@@ -229,6 +220,9 @@ class PanelScore:
     train_mse: float
     determined: bool
     accuracy: float | None = None
+    fit: str = "ols"
+    fit_info: dict | None = None
+    genes: GeneErrors | None = None
 
 
 @dataclass(frozen=True)
@@ -242,7 +236,11 @@ class BoundScore:
 
 @dataclass
 class Scores:
-    """What :func:`score` returns: every panel's held-out scores and the reference points."""
+    """What :func:`score` returns: every panel's held-out scores and the reference points.
+
+    ``decoders`` scores the extra decoders passed to :func:`score` (per gene);
+    ``test_gene_variance`` is each gene's variance over the test rows (with ``per_gene``).
+    """
 
     panels: dict[str, PanelScore]
     fits: dict[str, LinearFit]
@@ -251,21 +249,16 @@ class Scores:
     n_train: int
     n_test: int
     accuracy_info: dict | None = None
+    decoders: dict[str, GeneErrors] = field(default_factory=dict)
+    test_gene_variance: np.ndarray | None = None
 
     def mse(self, name: str) -> float:
         """Held-out linear refit MSE of panel ``name``."""
         return self.panels[name].test_mse
 
 
-def _row_blocks(source, batch: int = 2048):
-    """Dense preprocessed gene rows of a :class:`~genepanel.train.RowSource`, in blocks."""
-    d = source.data.shape[1]
-    for i in range(0, source.n, batch):
-        if source.dense is not None:
-            yield source.rows[i : i + batch], source.dense[i : i + batch, :d]
-        else:
-            rows = source.rows[i : i + batch]
-            yield rows, source.pre.transform(source.data.rows(rows))
+#: A decoder to score: the panel genes it reads and ``[b, k]`` panel values → ``[b, d]``.
+Decoder = tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]
 
 
 def score(
@@ -275,6 +268,9 @@ def score(
     pca_k: int | None = None,
     labels: np.ndarray | None = None,
     seed: int = 0,
+    guarded: bool = False,
+    per_gene: bool = False,
+    decoders: dict[str, Decoder] | None = None,
 ) -> Scores:
     """Score every panel the same way, in one pass over training and one over test rows.
 
@@ -285,19 +281,76 @@ def score(
     of that rank is added, fitted on :meth:`~genepanel.dataset.Dataset.train_matrix`.
     With ``labels`` (strings, ``""`` missing, one per data row) each panel also gets the
     test accuracy of an ExtraTrees classifier on its genes.
+
+    With ``guarded`` an undetermined panel (``k + 1 ≥`` training rows) is refitted with
+    ridge regression chosen on the validation rows, or refused without them
+    (:func:`guarded_linear_fit`), instead of the minimum-norm least-squares solution.
+    With ``per_gene`` every panel also gets :class:`GeneErrors`. ``decoders`` (already
+    fitted, by name) are scored per gene on the same test pass.
     """
     d = ds.n_genes
     union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in panels.values()]))
-    pos = np.searchsorted(union, np.arange(d))
-    s_u = np.zeros(len(union))
-    s_x = np.zeros(d)
-    s_xx = np.zeros(d)
+    mom = _train_moments(ds.blocks("train"), d, union, labels)
+    fits, train_mse, how = _linear_fits(ds, mom, panels, guarded=guarded)
+    pca_model, fit_rows = _pca(ds, pca_k, seed) if pca_k is not None else (None, 0)
+    predictors = {name: (fit.panel, fit.predict) for name, fit in fits.items()}
+    predictors.update(decoders or {})
+    test = _TestPass(d, predictors, per_gene=per_gene or bool(decoders))
+    test.run(ds.blocks("test"), pca_model, union if labels is not None else None, labels)
+    m = test.m
+    pca = (BoundScore(test.pca_sse / (m * d), pca_model.n_components_, fit_rows)
+           if pca_model is not None else None)
+    acc: dict[str, float] = {}
+    info = None
+    if labels is not None:
+        acc, info = _panel_accuracies(ds, panels, labels, mom.lab, test.lab,
+                                      np.searchsorted(union, np.arange(d)), seed)
+    out = {}
+    for name, p in panels.items():
+        err = test.errors.get(name)
+        out[name] = PanelScore(
+            name, np.asarray(p), err.mse_all(m) if err else float("nan"), train_mse[name],
+            determined=len(p) < mom.n - 1, accuracy=acc.get(name), fit=how[name]["fit"],
+            fit_info=how[name] if how[name]["fit"] != "ols" else None,
+            genes=(err.genes(test) if err else _nan_genes(d)) if per_gene else None)
+    return Scores(out, fits, pca, test.test_variance(), mom.n, m, info,
+                  decoders={name: test.errors[name].genes(test) for name in decoders or {}},
+                  test_gene_variance=test.gene_variance() if per_gene else None)
+
+
+@dataclass
+class _Moments:
+    """Sums over the training rows from which every panel's refit is solved.
+
+    ``uu``/``ux`` are ``XᵤᵀXᵤ``/``XᵤᵀX`` for the union ``u`` of the panels' genes
+    (``pos`` maps a gene to its place in ``u``); ``ss_x`` the total centred sum of squares.
+    """
+
+    union: np.ndarray
+    pos: np.ndarray
+    n: int
+    mu_u: np.ndarray
+    mu_x: np.ndarray
+    uu: np.ndarray
+    ux: np.ndarray
+    ss_x: float
+    lab: list[np.ndarray]
+
+
+def _train_moments(
+    blocks: Iterable[tuple[Any, np.ndarray]], d: int, union: np.ndarray,
+    labels: np.ndarray | None,
+) -> _Moments:
+    """One pass over ``(data rows, [b, d] rows)`` blocks of the training rows.
+
+    With ``labels`` the labelled rows' panel genes are kept too (for the accuracies).
+    """
+    s_u, s_x, s_xx = np.zeros(len(union)), np.zeros(d), np.zeros(d)
     uu = np.zeros((len(union), len(union)))
     ux = np.zeros((len(union), d))
-    lab_tr: list[np.ndarray] = []
-    lab_te: list[np.ndarray] = []
+    lab: list[np.ndarray] = []
     n = 0
-    for rows, xb in _row_blocks(ds.train):
+    for rows, xb in blocks:
         xb64 = xb.astype(np.float64)
         xu = xb64[:, union]
         s_u += xu.sum(0)
@@ -307,59 +360,138 @@ def score(
         ux += xu.T @ xb64
         n += len(xb)
         if labels is not None:
-            lab_tr.append(xb[labels[rows] != ""][:, union])
-    mu_u, mu_x = s_u / n, s_x / n
-    ss_x = float(np.sum(s_xx - n * mu_x * mu_x))
+            lab.append(xb[labels[rows] != ""][:, union])
+    mu_x = s_x / n
+    return _Moments(union, np.searchsorted(union, np.arange(d)), n, s_u / n, mu_x, uu, ux,
+                    float(np.sum(s_xx - n * mu_x * mu_x)), lab)
+
+
+def _linear_fits(
+    ds, mom: _Moments, panels: dict[str, np.ndarray], *, guarded: bool
+) -> tuple[dict[str, LinearFit], dict[str, float], dict[str, dict]]:
+    """Each panel's refit from the training moments: fits, training MSE, how it was fitted."""
+    n = mom.n
     fits: dict[str, LinearFit] = {}
     train_mse: dict[str, float] = {}
+    how: dict[str, dict] = {}
     for name, panel in panels.items():
-        sel = pos[np.asarray(panel, np.int64)]
-        cov = uu[np.ix_(sel, sel)] - n * np.outer(mu_u[sel], mu_u[sel])
-        cross = ux[sel] - n * np.outer(mu_u[sel], mu_x)
-        coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
-        fits[name] = LinearFit(np.asarray(panel), coef.astype(np.float32),
-                               (mu_x - mu_u[sel] @ coef).astype(np.float32))
-        train_mse[name] = max(ss_x - float(np.sum(cross * coef)), 0.0) / (n * d)
+        if guarded and len(panel) + 1 >= n:
+            x = ds.matrix("train")
+            fit, how[name] = guarded_linear_fit(x, ds.matrix("val") if ds.val else None, panel)
+            train_mse[name] = (float(np.mean(np.square(fit.predict(x[:, fit.panel]) - x)))
+                               if fit is not None else float("nan"))
+            if fit is not None:
+                fits[name] = fit
+            continue
+        fits[name], train_mse[name] = _ols_fit(mom, panel)
+        how[name] = {"fit": "ols", "k": len(panel), "n_train": n}
+    return fits, train_mse, how
 
-    pca = None
-    if pca_k is not None:
-        from sklearn.decomposition import PCA
 
-        xfit = ds.train_matrix()
-        n_comp = int(min(pca_k, len(xfit), d))
-        pca_model = PCA(n_components=n_comp, random_state=seed).fit(xfit)
-    sse = dict.fromkeys(panels, 0.0)
-    sse_pca = 0.0
-    t1 = np.zeros(d)
-    t2 = np.zeros(d)
-    m = 0
-    for rows, xb in _row_blocks(ds.test):
-        for name, fit in fits.items():
-            sse[name] += float(np.sum(np.square(fit.predict(xb[:, fit.panel]) - xb)))
-        if pca_k is not None:
-            sse_pca += float(np.sum(np.square(
-                pca_model.inverse_transform(pca_model.transform(xb)) - xb)))
-        xb64 = xb.astype(np.float64)
-        t1 += xb64.sum(0)
-        t2 += np.einsum("ij,ij->j", xb64, xb64)
-        m += len(xb)
-        if labels is not None:
-            lab_te.append(xb[labels[rows] != ""][:, union])
-    if pca_k is not None:
-        pca = BoundScore(sse_pca / (m * d), n_comp, len(xfit))
-    mean = t1 / m
-    test_var = float(np.mean(t2 / m - mean * mean))
+def _ols_fit(mom: _Moments, panel: np.ndarray) -> tuple[LinearFit, float]:
+    """Least-squares refit from ``panel`` (minimum-norm when rank-deficient), training MSE."""
+    n, d = mom.n, len(mom.mu_x)
+    sel = mom.pos[np.asarray(panel, np.int64)]
+    cov = mom.uu[np.ix_(sel, sel)] - n * np.outer(mom.mu_u[sel], mom.mu_u[sel])
+    cross = mom.ux[sel] - n * np.outer(mom.mu_u[sel], mom.mu_x)
+    coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
+    fit = LinearFit(np.asarray(panel), coef.astype(np.float32),
+                    (mom.mu_x - mom.mu_u[sel] @ coef).astype(np.float32))
+    return fit, max(mom.ss_x - float(np.sum(cross * coef)), 0.0) / (n * d)
 
-    acc: dict[str, float] = {}
-    info = None
-    if labels is not None:
-        acc, info = _panel_accuracies(ds, panels, labels, lab_tr, lab_te, pos, seed)
-    out = {
-        name: PanelScore(name, np.asarray(p), sse[name] / (m * d), train_mse[name],
-                         determined=len(p) < n - 1, accuracy=acc.get(name))
-        for name, p in panels.items()
-    }
-    return Scores(out, fits, pca, test_var, n, m, info)
+
+def _pca(ds, k: int, seed: int) -> tuple[Any, int]:
+    """The PCA bound's model of rank ``k``, fitted on the dense training rows."""
+    from sklearn.decomposition import PCA
+
+    xfit = ds.train_matrix()
+    return PCA(n_components=int(min(k, len(xfit), ds.n_genes)),
+               random_state=seed).fit(xfit), len(xfit)
+
+
+class _Errors:
+    """Running sums of one reconstruction's errors over the test rows.
+
+    A scalar sum of squared errors, or (``per_gene``) per-gene sums from which each
+    gene's MSE and the Pearson correlation of prediction and truth follow.
+    """
+
+    def __init__(self, d: int, *, per_gene: bool):
+        self.d, self.per_gene = d, per_gene
+        self.sse: Any = np.zeros(d) if per_gene else 0.0
+        if per_gene:
+            self.p1, self.p2, self.tp = np.zeros(d), np.zeros(d), np.zeros(d)
+
+    def add(self, pred: np.ndarray, xb: np.ndarray, xb64: np.ndarray) -> None:
+        """Add one block: predictions and truth ``[b, d]`` (float32 and float64)."""
+        if not self.per_gene:
+            self.sse += float(np.sum(np.square(pred - xb)))
+            return
+        p = np.asarray(pred, np.float64)
+        self.sse += np.einsum("ij,ij->j", p - xb64, p - xb64)
+        self.p1 += p.sum(0)
+        self.p2 += np.einsum("ij,ij->j", p, p)
+        self.tp += np.einsum("ij,ij->j", p, xb64)
+
+    def mse_all(self, m: int) -> float:
+        """Mean over every test entry (``m`` rows × d genes)."""
+        return float(np.sum(self.sse)) / (m * self.d)
+
+    def genes(self, test: _TestPass) -> GeneErrors:
+        """Per-gene MSE and Pearson r, given the pass's truth moments."""
+        m = test.m
+        vt = test.t2 - test.t1 * test.t1 / m
+        vp = self.p2 - self.p1 * self.p1 / m
+        cov = self.tp - test.t1 * self.p1 / m
+        # relative thresholds: a constant column's centred sum is rounding noise
+        ok = ((vt > 1e-12 * test.t2) & (vp > 1e-12 * self.p2)
+              & (np.sqrt(np.clip(vt * vp, 0, None)) > 1e-12))
+        r = np.full(len(vt), np.nan)
+        r[ok] = cov[ok] / np.sqrt(vt[ok] * vp[ok])
+        return GeneErrors(self.sse / m, np.clip(r, -1.0, 1.0))
+
+
+def _nan_genes(d: int) -> GeneErrors:
+    return GeneErrors(np.full(d, np.nan), np.full(d, np.nan))
+
+
+class _TestPass:
+    """One pass over the test rows: every predictor's errors, the PCA bound, moments."""
+
+    def __init__(self, d: int, predictors: dict[str, Decoder], *, per_gene: bool):
+        self.predictors = predictors
+        self.errors = {name: _Errors(d, per_gene=per_gene) for name in predictors}
+        self.pca_sse = 0.0
+        self.t1, self.t2 = np.zeros(d), np.zeros(d)
+        self.m = 0
+        self.lab: list[np.ndarray] = []
+
+    def run(
+        self, blocks: Iterable[tuple[Any, np.ndarray]], pca_model: Any,
+        union: np.ndarray | None = None, labels: np.ndarray | None = None,
+    ) -> None:
+        """Read the test rows once, in ``(data rows, [b, d] rows)`` blocks."""
+        for rows, xb in blocks:
+            xb64 = xb.astype(np.float64)
+            for name, (idx, predict) in self.predictors.items():
+                self.errors[name].add(predict(xb[:, idx]), xb, xb64)
+            if pca_model is not None:
+                self.pca_sse += float(np.sum(np.square(
+                    pca_model.inverse_transform(pca_model.transform(xb)) - xb)))
+            self.t1 += xb64.sum(0)
+            self.t2 += np.einsum("ij,ij->j", xb64, xb64)
+            self.m += len(xb)
+            if labels is not None:
+                self.lab.append(xb[labels[rows] != ""][:, union])
+
+    def gene_variance(self) -> np.ndarray:
+        """Each gene's variance over the test rows."""
+        mean = self.t1 / self.m
+        return self.t2 / self.m - mean * mean
+
+    def test_variance(self) -> float:
+        """Mean per-gene variance over the test rows."""
+        return float(np.mean(self.gene_variance()))
 
 
 def _panel_accuracies(ds, panels, labels, lab_tr, lab_te, pos, seed):

@@ -414,6 +414,34 @@ def _read_hdf5(
     transpose: bool,
     stream: bool,
 ) -> ExpressionData:
+    dataset = _matrix_dataset(f, path, dataset)
+    if stream and transpose:
+        msg = (
+            f"{path}:{dataset} is stored genes × samples; streaming reads sample rows, so "
+            "store it samples × genes or run without --stream"
+        )
+        raise UsageError(msg)
+    if stream:
+        X: Any = BackedMatrix(path, dataset)
+    else:
+        X = np.asarray(f[dataset][()], dtype=np.float32)
+        if transpose:
+            X = np.ascontiguousarray(X.T)
+    names = _hdf5_gene_names(f, path, genes)
+    if len(names) != X.shape[1]:
+        hint = " (try --genes-by-samples)" if len(names) == X.shape[0] and not transpose else ""
+        msg = (
+            f"{len(names)} gene names for a matrix with {X.shape[1]} genes "
+            f"(shape {X.shape}, samples × genes){hint}"
+        )
+        raise DataError(msg)
+    obs = pd.DataFrame(index=[f"s{i}" for i in range(X.shape[0])])
+    where = f"{path}:{dataset}" + (" (streamed)" if stream else "")
+    return ExpressionData(X=X, genes=names, obs=obs, source=where)
+
+
+def _matrix_dataset(f: h5py.File, path: Path, dataset: str | None) -> str:
+    """The path of the 2-D numeric matrix in plain HDF5 (the only 2-D one if not named)."""
     all_ds = _datasets(f)
     if dataset is None:
         two_d = [name for name, shape in all_ds if len(shape) == 2]
@@ -436,18 +464,11 @@ def _read_hdf5(
     if not np.issubdtype(ds.dtype, np.number):
         msg = f"{path}:{dataset} holds {ds.dtype} values, not numbers"
         raise DataError(msg)
-    if stream and transpose:
-        msg = (
-            f"{path}:{dataset} is stored genes × samples; streaming reads sample rows, so "
-            "store it samples × genes or run without --stream"
-        )
-        raise UsageError(msg)
-    if stream:
-        X: Any = BackedMatrix(path, dataset)
-    else:
-        X = np.asarray(ds[()], dtype=np.float32)
-        if transpose:
-            X = np.ascontiguousarray(X.T)
+    return dataset
+
+
+def _hdf5_gene_names(f: h5py.File, path: Path, genes: str | None) -> list[str]:
+    """Gene names from ``--genes``: a dataset in the file or a text file, one per line."""
     if genes is None:
         msg = (
             f"{path} is plain HDF5: give the gene names with --genes (a dataset path in the "
@@ -456,23 +477,12 @@ def _read_hdf5(
         raise UsageError(msg)
     if genes in f:
         raw = np.asarray(f[genes][()]).ravel()
-        names = [g.decode() if isinstance(g, bytes) else str(g) for g in raw]
-    elif Path(genes).is_file():
+        return [g.decode() if isinstance(g, bytes) else str(g) for g in raw]
+    if Path(genes).is_file():
         text = read_text_file(genes, "--genes file")
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    else:
-        msg = f"--genes {genes!r} is neither a dataset in {path} nor a readable text file"
-        raise DataError(msg)
-    if len(names) != X.shape[1]:
-        hint = " (try --genes-by-samples)" if len(names) == X.shape[0] and not transpose else ""
-        msg = (
-            f"{len(names)} gene names for a matrix with {X.shape[1]} genes "
-            f"(shape {X.shape}, samples × genes){hint}"
-        )
-        raise DataError(msg)
-    obs = pd.DataFrame(index=[f"s{i}" for i in range(X.shape[0])])
-    where = f"{path}:{dataset}" + (" (streamed)" if stream else "")
-    return ExpressionData(X=X, genes=names, obs=obs, source=where)
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    msg = f"--genes {genes!r} is neither a dataset in {path} nor a readable text file"
+    raise DataError(msg)
 
 
 def counts_hint(data: ExpressionData, preprocess: str) -> str | None:

@@ -203,6 +203,34 @@ def _lookup(values: list[str]) -> dict[str, list[int]]:
     return table
 
 
+def _pair_hits(
+    lookups: dict[str, dict[str, list[int]]], ref_ids: dict[str, list[list[str]]]
+) -> tuple[dict[tuple[str, str], list[list[int]]], dict[tuple[str, str], tuple[int, int]]]:
+    """Per (data column, reference column) pair: the data positions of each reference gene.
+
+    Returns ``hits[pair][i]`` (positions matching reference gene ``i`` through that
+    pair) and ``score[pair]`` = (genes matched, genes matched to exactly one position),
+    for the pairs that match anything.
+    """
+    hits: dict[tuple[str, str], list[list[int]]] = {}
+    score: dict[tuple[str, str], tuple[int, int]] = {}
+    for dcol, lk in lookups.items():
+        for rcol, ids in ref_ids.items():
+            per_gene = []
+            for cell in ids:
+                pos: list[int] = []
+                for v in cell:
+                    for p in lk.get(v, ()):
+                        if p not in pos:
+                            pos.append(p)
+                per_gene.append(pos)
+            n_hit = sum(1 for p in per_gene if p)
+            if n_hit:
+                hits[(dcol, rcol)] = per_gene
+                score[(dcol, rcol)] = (n_hit, sum(1 for p in per_gene if len(p) == 1))
+    return hits, score
+
+
 def map_reference(
     reference: pd.DataFrame,
     genes: list[str],
@@ -252,23 +280,7 @@ def map_reference(
         for col in id_columns
     }
     n_ref = len(reference)
-    # hits[pair][i] = data positions matching reference gene i through that pair
-    hits: dict[tuple[str, str], list[list[int]]] = {}
-    score: dict[tuple[str, str], tuple[int, int]] = {}
-    for dcol, lk in lookups.items():
-        for rcol, ids in ref_ids.items():
-            per_gene = []
-            for cell in ids:
-                pos: list[int] = []
-                for v in cell:
-                    for p in lk.get(v, ()):
-                        if p not in pos:
-                            pos.append(p)
-                per_gene.append(pos)
-            n_hit = sum(1 for p in per_gene if p)
-            if n_hit:
-                hits[(dcol, rcol)] = per_gene
-                score[(dcol, rcol)] = (n_hit, sum(1 for p in per_gene if len(p) == 1))
+    hits, score = _pair_hits(lookups, ref_ids)
     ranked = sorted(
         hits,
         key=lambda pr: (-score[pr][1], -score[pr][0], list(lookups).index(pr[0]),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genepanel.data import Preprocessor
+from genepanel.data import Preprocessor, sample_rows
 from genepanel.io import ExpressionData
 
 MAX_ROWS = 20000
@@ -38,10 +38,7 @@ def gene_variance(
     The per-gene z-score of ``standardize`` is left out (it would make every variance
     1). At most ``max_rows`` rows, drawn at random (seeded), are read.
     """
-    rows = np.asarray(rows)
-    if len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng([seed, 0x9F11]).choice(rows, max_rows,
-                                                                     replace=False))
+    rows = sample_rows(rows, max_rows, seed, 0x9F11)
     return pre.row_moments(data, rows, batch_size)[1]
 
 

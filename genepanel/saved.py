@@ -146,39 +146,7 @@ def load_model(folder: str | Path) -> FittedModel:
         Missing folder or files, another format, or a newer format version.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        msg = f"model folder {folder} not found; pass the --out folder of a genepanel select run"
-        raise ModelError(msg)
-    missing = [f for f in ("model.json", "decoder.npz", "linear.npz", "preprocess.npz")
-               if not (folder / f).is_file()]
-    if missing:
-        msg = (
-            f"{folder} is not a complete genepanel model folder (missing {', '.join(missing)}); "
-            "rerun genepanel select"
-        )
-        raise ModelError(msg)
-    try:
-        spec = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        msg = f"{folder}/model.json is not valid JSON ({exc.msg}); rerun genepanel select"
-        raise ModelError(msg) from exc
-    except (UnicodeDecodeError, OSError) as exc:
-        msg = (f"cannot read {folder}/model.json ({exc.__class__.__name__}); rerun "
-               "genepanel select")
-        raise ModelError(msg) from exc
-    if not isinstance(spec, dict):
-        msg = f"{folder}/model.json is not a genepanel model (a JSON {type(spec).__name__})"
-        raise ModelError(msg)
-    if spec.get("format") != FORMAT:
-        msg = f"{folder}/model.json is not a genepanel model (format {spec.get('format')!r})"
-        raise ModelError(msg)
-    if spec.get("format_version") != FORMAT_VERSION:
-        msg = (
-            f"{folder} was written in model format {spec.get('format_version')} by genepanel "
-            f"{spec.get('versions', {}).get('genepanel', '?')}; this genepanel reads format "
-            f"{FORMAT_VERSION}: use a matching genepanel version or rerun select"
-        )
-        raise ModelError(msg)
+    spec = _read_spec(folder)
     try:
         genes = [str(g) for g in spec["genes"]]
         panel_genes = [str(g) for g in spec["panel_genes"]]
@@ -217,6 +185,44 @@ def load_model(folder: str | Path) -> FittedModel:
         pre=pre,
         meta=meta,
     )
+
+
+def _read_spec(folder: Path) -> dict[str, Any]:
+    """``model.json`` of a complete model folder of this format version, or ModelError."""
+    if not folder.is_dir():
+        msg = f"model folder {folder} not found; pass the --out folder of a genepanel select run"
+        raise ModelError(msg)
+    missing = [f for f in ("model.json", "decoder.npz", "linear.npz", "preprocess.npz")
+               if not (folder / f).is_file()]
+    if missing:
+        msg = (
+            f"{folder} is not a complete genepanel model folder (missing {', '.join(missing)}); "
+            "rerun genepanel select"
+        )
+        raise ModelError(msg)
+    try:
+        spec = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        msg = f"{folder}/model.json is not valid JSON ({exc.msg}); rerun genepanel select"
+        raise ModelError(msg) from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        msg = (f"cannot read {folder}/model.json ({exc.__class__.__name__}); rerun "
+               "genepanel select")
+        raise ModelError(msg) from exc
+    if not isinstance(spec, dict):
+        msg = f"{folder}/model.json is not a genepanel model (a JSON {type(spec).__name__})"
+        raise ModelError(msg)
+    if spec.get("format") != FORMAT:
+        msg = f"{folder}/model.json is not a genepanel model (format {spec.get('format')!r})"
+        raise ModelError(msg)
+    if spec.get("format_version") != FORMAT_VERSION:
+        msg = (
+            f"{folder} was written in model format {spec.get('format_version')} by genepanel "
+            f"{spec.get('versions', {}).get('genepanel', '?')}; this genepanel reads format "
+            f"{FORMAT_VERSION}: use a matching genepanel version or rerun select"
+        )
+        raise ModelError(msg)
+    return spec
 
 
 def _load_npz(folder: Path, name: str, need: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

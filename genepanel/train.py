@@ -1,15 +1,18 @@
 """Training: state, pure jit-compiled step functions, the fit loop, annealing and stopping.
 
 Python owns the loop, logging, checkpoints and the stopping rule; every numerical step
-is a pure function compiled once. Randomness is explicit: the Gumbel noise of step
-``s`` is drawn from ``fold_in(key(seed), s)`` and the rows of epoch ``e`` come from a
-NumPy generator seeded with ``(seed, attempt, e)``, so a resumed run replays an
-uninterrupted one exactly.
+is a module-level pure function of a :class:`TrainState`, compiled once per
+:class:`Trainer` (the static pieces: model, optimiser, shapes) and reused for every seed,
+restart and retry. Randomness is explicit, in three named streams per attempt (see
+:func:`random_streams`): parameter initialisation, the Gumbel noise of each step and the
+row order of each epoch, so a resumed run replays an uninterrupted one exactly and a
+retry draws afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import signal
 import threading
@@ -24,17 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from flax import struct
+from jax.sharding import Mesh, Sharding
 
 from genepanel.config import TrainConfig
 from genepanel.constraints import MASKED_LOGIT
 from genepanel.data import Preprocessor
-from genepanel.errors import GenepanelError
+from genepanel.errors import DataError, GenepanelError
 from genepanel.io import ExpressionData, atomic_write
 from genepanel.model import ConcreteAutoencoder
 from genepanel.runtime import batch_sharded, check_batch_size, replicated
-
-State = dict[str, Any]
 
 
 class Interrupted(GenepanelError):
@@ -195,11 +197,249 @@ def convergence_note(
     return text + "; ".join(fixes)
 
 
+# --------------------------------------------------------------------------- random streams
+
+#: Stream ids. The key of stream ``i`` in attempt ``a`` of a run with seed ``s`` is
+#: ``fold_in(fold_in(key(s), a), i)``: distinct fold-ins, so no two streams (nor two
+#: attempts) share a key (tests check the first 4096 noise keys), and a retry
+#: (attempt ``a + 1``) draws all three afresh.
+STREAM_INIT = 0  # parameter initialisation (selector logits, decoder weights)
+STREAM_NOISE = 1  # Gumbel noise: optimiser step ``t`` draws from ``fold_in(noise, t)``
+STREAM_ROWS = 2  # row order: epoch ``e`` is shuffled by a NumPy generator seeded with
+#                  (the words of ``rows``, e)
+
+
+class RandomStreams(struct.PyTreeNode):
+    """The three random streams of one training attempt (typed PRNG keys)."""
+
+    init: jax.Array
+    noise: jax.Array
+    rows: jax.Array
+
+
+def random_streams(seed: int, attempt: int = 0) -> RandomStreams:
+    """The streams of ``attempt`` (0: the first, 1: the first retry, ...) for ``seed``."""
+    attempt_key = jax.random.fold_in(jax.random.key(seed), attempt)
+    return RandomStreams(
+        init=jax.random.fold_in(attempt_key, STREAM_INIT),
+        noise=jax.random.fold_in(attempt_key, STREAM_NOISE),
+        rows=jax.random.fold_in(attempt_key, STREAM_ROWS),
+    )
+
+
+def noise_key(noise: jax.Array, step: jax.Array | int) -> jax.Array:
+    """The key of the Gumbel noise drawn at optimiser step ``step`` (0-based, per attempt)."""
+    return jax.random.fold_in(noise, step)
+
+
+def key_words(key: jax.Array) -> list[int]:
+    """The raw words of a typed PRNG key, on the host."""
+    return np.asarray(jax.random.key_data(key)).ravel().tolist()
+
+
+def row_order_rng(rows: list[int], epoch: int) -> np.random.Generator:
+    """The NumPy generator that orders the rows of ``epoch`` (0-based, per attempt).
+
+    ``rows`` is :func:`key_words` of the attempt's row-order stream; the epoch is mixed
+    in by NumPy's seed sequence (no device call per epoch).
+    """
+    return np.random.default_rng([*rows, epoch])
+
+
+# --------------------------------------------------------------------------- state and steps
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything that changes during training: one pytree, passed through pure steps.
+
+    ``step`` counts optimiser steps of the current attempt (it picks the noise key);
+    ``keys`` are the attempt's :class:`RandomStreams`.
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    keys: RandomStreams
+
+
+def init_state(
+    keys: RandomStreams,
+    mask: jax.Array | None,
+    *,
+    model: ConcreteAutoencoder,
+    tx: optax.GradientTransformation,
+    width: int,
+) -> TrainState:
+    """Fresh parameters from ``keys.init`` and optimiser state; ``mask``: allowed logits."""
+    x0 = jnp.zeros((1, width), jnp.float32)
+    params = model.init({"params": keys.init}, x0, jnp.float32(1.0), keys.init)["params"]
+    if mask is not None:
+        # Masked logits get zero softmax weight, hence zero gradient: they stay put.
+        selector = {**params["selector"],
+                    "logits": jnp.where(mask, params["selector"]["logits"], MASKED_LOGIT)}
+        params = {**params, "selector": selector}
+    return TrainState(params=params, opt_state=tx.init(params), step=jnp.int32(0), keys=keys)
+
+
+def reconstruction_loss(
+    params: Any,
+    xb: jax.Array,
+    temp: jax.Array,
+    key: jax.Array,
+    *,
+    model: ConcreteAutoencoder,
+    n_genes: int,
+    columns: np.ndarray | None = None,
+    outputs: np.ndarray | None = None,
+    n_labels: int = 0,
+    label_weight: float = 1.0,
+) -> jax.Array:
+    """Training loss of one minibatch ``xb`` ``[b, d]`` with soft selection at ``temp``.
+
+    ``columns``: the candidate columns the selector reads (None: all); ``outputs``: the
+    non-constant columns the decoder predicts (None: all); the last ``n_labels`` of the
+    ``d`` columns are one-hot labels scored by cross-entropy, weighted ``label_weight``.
+    """
+    xs = xb if columns is None else xb[:, columns]
+    recon = model.apply({"params": params}, xs, temp, key)
+    if outputs is None and not n_labels:
+        return jnp.mean(jnp.square(recon - xb))
+    if outputs is not None:
+        # Constant genes are left out of the decoder; their error on training rows is
+        # 0, so the mean over all genes is the sum over the others / (b · n_genes).
+        xb = xb[:, outputs]
+    g = recon.shape[-1] - n_labels
+    if outputs is None:
+        mse = jnp.mean(jnp.square(recon[:, :g] - xb[:, :g]))
+    else:
+        mse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g])) / (xb.shape[0] * n_genes)
+    if not n_labels:
+        return mse
+    ce = jnp.mean(optax.softmax_cross_entropy(recon[:, g:], xb[:, g:]))
+    if label_weight == 1.0:
+        return ce
+    return (1.0 - label_weight) * mse + label_weight * ce
+
+
+LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def train_step(
+    state: TrainState,
+    xb: jax.Array,
+    temp: jax.Array,
+    *,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+) -> tuple[TrainState, jax.Array]:
+    """One optimiser step on minibatch ``xb``; the noise key comes from ``state``."""
+    key = noise_key(state.keys.noise, state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, xb, temp, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+
+def train_epoch(
+    state: TrainState,
+    X: jax.Array,
+    perm: jax.Array,
+    temp: jax.Array,
+    *,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    batch_sharding: Sharding | None = None,
+) -> tuple[TrainState, jax.Array]:
+    """One epoch as a ``lax.scan`` over the minibatches ``X[perm[i]]``; the mean loss."""
+
+    def body(st: TrainState, idx: jax.Array) -> tuple[TrainState, jax.Array]:
+        xb = X[idx]
+        if batch_sharding is not None:
+            xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
+        return train_step(st, xb, temp, loss_fn=loss_fn, tx=tx)
+
+    state, losses = jax.lax.scan(body, state, perm)
+    return state, jnp.mean(losses)
+
+
+def eval_sse(
+    params: Any,
+    xb: jax.Array,
+    sel: jax.Array,
+    mask: jax.Array,
+    *,
+    model: ConcreteAutoencoder,
+    n_genes: int,
+    n_labels: int = 0,
+    outputs: np.ndarray | None = None,
+    constant_value: np.ndarray | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Test-time model (hard selection ``sel``) on a padded chunk ``xb`` ``[c, d]``.
+
+    ``mask`` is 1 on real rows, 0 on padding. Returns the summed squared error over the
+    gene columns and, in supervised mode, the summed cross-entropy and the number of
+    correctly predicted labels. With ``outputs`` the decoder predicts those columns and
+    the others are predicted by ``constant_value`` (``[d]``).
+    """
+    recon = model.apply({"params": params}, xb[:, sel], method=ConcreteAutoencoder.decode)
+    if outputs is not None:  # constant genes: their training value
+        full = jnp.broadcast_to(jnp.asarray(constant_value), xb.shape)
+        recon = full.at[:, outputs].set(recon)
+    g = n_genes
+    sse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g]) * mask[:, None])
+    if not n_labels:
+        return sse, jnp.float32(0.0), jnp.float32(0.0)
+    target = xb[:, g:]
+    ce = jnp.sum(optax.softmax_cross_entropy(recon[:, g:], target) * mask)
+    hit = (jnp.argmax(recon[:, g:], -1) == jnp.argmax(target, -1)) & (target.sum(-1) > 0)
+    return sse, ce, jnp.sum(hit * mask)
+
+
+def selection_stats(logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(mean row-max probability, argmax column per node, row-max probability per node)."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.mean(jnp.max(probs, axis=-1)), jnp.argmax(probs, axis=-1), jnp.max(probs, -1)
+
+
+def resolve_collisions(logits: jax.Array, threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Push every node that collides with a more confident node to re-explore.
+
+    A node whose argmax gene is also the argmax of a more confident node (ties go
+    to the lower index), and whose own maximum probability exceeds ``threshold``,
+    has its logit on that gene set to its row minimum: the gene is left to the
+    other node and this node's mass moves to its next candidates. Returns the new
+    logits and the number of nodes pushed.
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    top = jnp.argmax(probs, axis=-1)
+    pmax = jnp.max(probs, axis=-1)
+    idx = jnp.arange(logits.shape[0])
+    same = top[:, None] == top[None, :]
+    stronger = (pmax[None, :] > pmax[:, None]) | (
+        (pmax[None, :] == pmax[:, None]) & (idx[None, :] < idx[:, None])
+    )
+    loser = jnp.any(same & stronger, axis=1) & (pmax > threshold)
+    hit = jax.nn.one_hot(top, logits.shape[1], dtype=bool) & loser[:, None]
+    row_min = jnp.min(logits, axis=-1, keepdims=True)
+    return jnp.where(hit, row_min, logits), jnp.sum(loser)
+
+
+def with_logits(params: Any, logits: jax.Array) -> Any:
+    """``params`` with the selector logits replaced (a new dict; ``params`` is unchanged)."""
+    return {**params, "selector": {**params["selector"], "logits": logits}}
+
+
 # --------------------------------------------------------------------------- trainer
 
 
 class Trainer:
-    """Holds the model, the optimiser and the compiled step functions for one shape."""
+    """The static pieces of training one shape, and the compiled step functions over them.
+
+    A trainer holds no training state and :func:`fit` never changes it: the
+    :class:`TrainState` travels through the compiled functions, and its keys are traced
+    arguments, so one trainer (one compilation) serves every seed, restart and retry.
+    ``seed`` is only the default of :func:`fit`.
+    """
 
     def __init__(
         self,
@@ -242,124 +482,45 @@ class Trainer:
         self.model = ConcreteAutoencoder(k, self.width, hidden, d_out=self.n_out)
         self.tx = optax.adam(cfg.learning_rate)
         self.n_devices = mesh.devices.size
-        rep, bsh = replicated(mesh), batch_sharded(mesh)
-        self._rep, self._bsh = rep, bsh
+        self._rep, self._bsh = replicated(mesh), batch_sharded(mesh)
+        self.loss_fn: LossFn = functools.partial(
+            reconstruction_loss, model=self.model, n_genes=self.n_genes, columns=self.columns,
+            outputs=self.outputs, n_labels=n_labels, label_weight=label_weight,
+        )
+        self._compile()
+
+    def _compile(self) -> None:
+        """Bind the static pieces to the module-level step functions and jit them."""
+        rep, bsh = self._rep, self._bsh
+        self.init_fn = jax.jit(
+            functools.partial(init_state, model=self.model, tx=self.tx, width=self.width),
+            out_shardings=rep,  # every process builds the same replicated state
+        )
         self.step_fn = jax.jit(
-            self._step, in_shardings=(rep, bsh, rep, rep), out_shardings=(rep, rep),
-            donate_argnums=0,
+            functools.partial(train_step, loss_fn=self.loss_fn, tx=self.tx),
+            in_shardings=(rep, bsh, rep), out_shardings=(rep, rep), donate_argnums=0,
         )
         self.epoch_fn = jax.jit(
-            self._epoch, in_shardings=(rep, rep, rep, rep, rep), out_shardings=(rep, rep),
-            donate_argnums=0,
+            functools.partial(train_epoch, loss_fn=self.loss_fn, tx=self.tx, batch_sharding=bsh),
+            in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0,
         )
-        self.sse_fn = jax.jit(self._sse, in_shardings=(rep, bsh, rep, bsh), out_shardings=rep)
-        self.stats_fn = jax.jit(self._stats)
-        self.resolve_fn = jax.jit(self._resolve)
-
-    # ---- pure functions -------------------------------------------------------------
-
-    def init_state(self, attempt: int = 0) -> State:
-        """Fresh parameters and optimiser state (replicated)."""
-        def init(mask: jax.Array | None) -> State:
-            key = jax.random.fold_in(jax.random.key(self.seed), 1000 + attempt)
-            x0 = jnp.zeros((1, self.width), jnp.float32)
-            params = self.model.init(key, x0, jnp.float32(1.0), key)["params"]
-            if mask is not None:
-                # Masked logits get zero softmax weight, hence zero gradient: they stay put.
-                logits = params["selector"]["logits"]
-                params["selector"]["logits"] = jnp.where(mask, logits, MASKED_LOGIT)
-            return {"params": params, "opt": self.tx.init(params), "step": jnp.int32(0)}
-
-        # Built by a jitted function so that every process gets the same replicated state.
-        return jax.jit(init, out_shardings=self._rep)(self.mask)
-
-    def _loss(self, params: dict, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
-        xs = xb if self.columns is None else xb[:, self.columns]
-        recon = self.model.apply({"params": params}, xs, temp, key)
-        if self.outputs is None and not self.n_labels:
-            return jnp.mean(jnp.square(recon - xb))
-        if self.outputs is not None:
-            # Constant genes are left out of the decoder; their error on training rows is
-            # 0, so the mean over all genes is the sum over the others / (b · n_genes).
-            xb = xb[:, self.outputs]
-        g, w = self.n_out - self.n_labels, self.label_weight
-        if self.outputs is None:
-            mse = jnp.mean(jnp.square(recon[:, :g] - xb[:, :g]))
-        else:
-            mse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g])) / (xb.shape[0] * self.n_genes)
-        if not self.n_labels:
-            return mse
-        ce = jnp.mean(optax.softmax_cross_entropy(recon[:, g:], xb[:, g:]))
-        if w == 1.0:
-            return ce
-        return (1.0 - w) * mse + w * ce
-
-    def _step(
-        self, state: State, xb: jax.Array, temp: jax.Array, base_key: jax.Array
-    ) -> tuple[State, jax.Array]:
-        key = jax.random.fold_in(base_key, state["step"])
-        loss, grads = jax.value_and_grad(self._loss)(state["params"], xb, temp, key)
-        updates, opt = self.tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt": opt, "step": state["step"] + 1}, loss
-
-    def _epoch(
-        self, state: State, X: jax.Array, perm: jax.Array, temp: jax.Array, base_key: jax.Array
-    ) -> tuple[State, jax.Array]:
-        def body(st: State, idx: jax.Array) -> tuple[State, jax.Array]:
-            xb = jax.lax.with_sharding_constraint(X[idx], self._bsh)
-            return self._step(st, xb, temp, base_key)
-
-        state, losses = jax.lax.scan(body, state, perm)
-        return state, jnp.mean(losses)
-
-    def _sse(
-        self, params: dict, xb: jax.Array, sel: jax.Array, mask: jax.Array
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Test-time model (hard selection ``sel``) on a padded chunk ``xb`` ``[c, d]``.
-
-        Returns the summed squared error over the gene columns and, in supervised mode,
-        the summed cross-entropy and the number of correctly predicted labels.
-        """
-        recon = self.model.apply({"params": params}, xb[:, sel], method=ConcreteAutoencoder.decode)
-        if self.outputs is not None:  # constant genes: their training value
-            full = jnp.broadcast_to(jnp.asarray(self.constant_value), (xb.shape[0], self.d))
-            recon = full.at[:, self.outputs].set(recon)
-        g = self.n_genes
-        sse = jnp.sum(jnp.square(recon[:, :g] - xb[:, :g]) * mask[:, None])
-        if not self.n_labels:
-            return sse, jnp.float32(0.0), jnp.float32(0.0)
-        target = xb[:, g:]
-        ce = jnp.sum(optax.softmax_cross_entropy(recon[:, g:], target) * mask)
-        hit = (jnp.argmax(recon[:, g:], -1) == jnp.argmax(target, -1)) & (target.sum(-1) > 0)
-        return sse, ce, jnp.sum(hit * mask)
-
-    @staticmethod
-    def _stats(logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        probs = jax.nn.softmax(logits, axis=-1)
-        return jnp.mean(jnp.max(probs, axis=-1)), jnp.argmax(probs, axis=-1), jnp.max(probs, -1)
-
-    @staticmethod
-    def _resolve(logits: jax.Array, threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Push every node that collides with a more confident node to re-explore.
-
-        A node whose argmax gene is also the argmax of a more confident node (ties go
-        to the lower index), and whose own maximum probability exceeds ``threshold``,
-        has its logit on that gene set to its row minimum: the gene is left to the
-        other node and this node's mass moves to its next candidates.
-        """
-        probs = jax.nn.softmax(logits, axis=-1)
-        top = jnp.argmax(probs, axis=-1)
-        pmax = jnp.max(probs, axis=-1)
-        idx = jnp.arange(logits.shape[0])
-        same = top[:, None] == top[None, :]
-        stronger = (pmax[None, :] > pmax[:, None]) | (
-            (pmax[None, :] == pmax[:, None]) & (idx[None, :] < idx[:, None])
+        self.sse_fn = jax.jit(
+            functools.partial(eval_sse, model=self.model, n_genes=self.n_genes,
+                              n_labels=self.n_labels, outputs=self.outputs,
+                              constant_value=self.constant_value),
+            in_shardings=(rep, bsh, rep, bsh), out_shardings=rep,
         )
-        loser = jnp.any(same & stronger, axis=1) & (pmax > threshold)
-        hit = jax.nn.one_hot(top, logits.shape[1], dtype=bool) & loser[:, None]
-        row_min = jnp.min(logits, axis=-1, keepdims=True)
-        return jnp.where(hit, row_min, logits), jnp.sum(loser)
+        self.stats_fn = jax.jit(selection_stats)
+        self.resolve_fn = jax.jit(resolve_collisions)
+
+    def init_state(self, seed: int | None = None, attempt: int = 0) -> TrainState:
+        """Fresh replicated state of ``attempt`` for ``seed`` (default: the trainer's)."""
+        keys = random_streams(self.seed if seed is None else seed, attempt)
+        return self.init_fn(keys, self.mask)
+
+    def place(self, state: TrainState) -> TrainState:
+        """``state`` (e.g. read from a checkpoint) replicated over the mesh."""
+        return jax.jit(lambda st: st, out_shardings=self._rep)(state)
 
     # ---- helpers --------------------------------------------------------------------
 
@@ -447,6 +608,7 @@ class Trainer:
             out["loss"] = out["mse"]
         return out
 
+
 class _Padded:
     """A row source padded with zero rows (and a 0/1 mask source) to whole chunks."""
 
@@ -515,20 +677,42 @@ def effective_batch_size(requested: int | None, n_train: int, n_devices: int) ->
 
 # --------------------------------------------------------------------------- checkpoints
 
+#: Checkpoint layout: 2 = a :class:`TrainState` with named random streams (genepanel
+#: after 0.1.x). Checkpoints without it were written by 0.1.x and cannot be continued.
+CHECKPOINT_LAYOUT = 2
 
-def save_checkpoint(path: Path, state: State, meta: dict[str, Any]) -> None:
+
+def _keys_as_data(state: TrainState) -> TrainState:
+    return state.replace(keys=jax.tree.map(jax.random.key_data, state.keys))
+
+
+def save_checkpoint(path: Path, state: TrainState, meta: dict[str, Any]) -> None:
     """Write ``state`` and ``meta`` to ``path`` atomically (msgpack)."""
-    host = jax.device_get(state)
-    payload = {"state": flax.serialization.to_state_dict(host), "meta": meta}
+    host = jax.device_get(_keys_as_data(state))
+    payload = {"state": flax.serialization.to_state_dict(host),
+               "meta": {**meta, "layout": CHECKPOINT_LAYOUT}}
     with atomic_write(path, "wb") as fh:
         fh.write(flax.serialization.msgpack_serialize(payload))
 
 
-def load_checkpoint(path: Path, template: State) -> tuple[State, dict[str, Any]]:
+def check_checkpoint_layout(payload: Any, path: Path) -> None:
+    """Refuse, in one line, a checkpoint written by an older layout (genepanel 0.1.x)."""
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or meta.get("layout") != CHECKPOINT_LAYOUT:
+        msg = (f"--resume: the checkpoint {path} was written by an older genepanel (0.1.x, "
+               "before the named random streams) and cannot be continued; rerun without "
+               "--resume (with --overwrite to replace the interrupted run)")
+        raise DataError(msg)
+
+
+def load_checkpoint(path: Path, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``template``."""
     payload = flax.serialization.msgpack_restore(path.read_bytes())
-    state = flax.serialization.from_state_dict(jax.device_get(template), payload["state"])
-    return state, payload["meta"]
+    check_checkpoint_layout(payload, path)
+    host = jax.device_get(_keys_as_data(template))
+    state = flax.serialization.from_state_dict(host, payload["state"])
+    keys = jax.tree.map(jax.random.wrap_key_data, state.keys)
+    return state.replace(keys=keys), payload["meta"]
 
 
 @contextlib.contextmanager
@@ -556,6 +740,167 @@ def _stop_signals() -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- fit loop
 
 
+@dataclass
+class _Plan:
+    """What stays fixed during one :func:`fit` call: minibatches, data placement, evaluation."""
+
+    batch: int
+    steps: int
+    chunk: int
+    shuffle_block: int
+    X: jax.Array | None  # the training matrix on the device (None: streamed)
+
+    @property
+    def on_device(self) -> bool:
+        return self.X is not None
+
+
+def _plan(trainer: Trainer, train: RowSource, val: RowSource | None) -> _Plan:
+    batch = effective_batch_size(trainer.cfg.batch_size, train.n, trainer.n_devices)
+    on_device = train.dense is not None and jax.process_count() == 1
+    return _Plan(
+        batch=batch,
+        steps=train.n // batch,
+        chunk=eval_chunk(val.n if val is not None else 1, trainer.n_devices),
+        # Rows on disk are shuffled in contiguous blocks (8 per minibatch) to keep reads long.
+        shuffle_block=max(1, batch // 8) if train.data.is_backed else 1,
+        X=jax.device_put(train.dense, trainer._rep) if on_device else None,
+    )
+
+
+@dataclass
+class _Progress:
+    """Where a run stands, besides its :class:`TrainState` (what a checkpoint's meta holds)."""
+
+    seed: int
+    max_epochs: int
+    attempt: int = 0
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    collisions: int = 0
+    converged: bool = False
+    stop_epoch: int | None = None
+
+    def meta(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "epoch": self.epoch, "history": self.history,
+                "collisions": self.collisions, "max_epochs": self.max_epochs}
+
+    def retry(self) -> None:
+        """Start the next attempt from scratch with twice the epochs."""
+        self.attempt, self.epoch, self.max_epochs = self.attempt + 1, 0, 2 * self.max_epochs
+
+
+@dataclass
+class _Control:
+    """Checkpoints, stop signals and the testing interrupt, checked between epochs."""
+
+    checkpoint: Path | None
+    every: int
+    stop: dict[str, Any]  # the flag of :func:`_stop_signals`
+    stop_after_epochs: int | None
+
+    def save(self, state: TrainState, progress: _Progress) -> None:
+        if self.checkpoint is not None and jax.process_index() == 0:
+            save_checkpoint(self.checkpoint, state, progress.meta())
+
+    def between_epochs(self, state: TrainState, progress: _Progress) -> None:
+        """Checkpoint when due; on a signal (or the testing cap) checkpoint and raise."""
+        if self.every and progress.epoch % self.every == 0:
+            self.save(state, progress)
+        cap = self.stop_after_epochs
+        if self.stop["signal"] is None and (cap is None or len(progress.history) < cap):
+            return
+        self.save(state, progress)
+        where = f"; resume with --resume ({self.checkpoint})" if self.checkpoint else ""
+        msg = f"interrupted after epoch {progress.epoch}{where}"
+        raise Interrupted(msg, self.stop["signal"])
+
+
+def _start(
+    trainer: Trainer, seed: int, steps: int, checkpoint: Path | None
+) -> tuple[TrainState, _Progress]:
+    """Fresh state, or the state and progress in ``checkpoint`` when it exists."""
+    state = trainer.init_state(seed, 0)
+    progress = _Progress(seed=seed, max_epochs=epochs_for(trainer.cfg, steps))
+    if checkpoint is not None and checkpoint.exists():
+        state, meta = load_checkpoint(checkpoint, state)
+        state = trainer.place(state)
+        progress = _Progress(seed=seed, max_epochs=meta["max_epochs"], attempt=meta["attempt"],
+                             epoch=meta["epoch"], history=meta["history"],
+                             collisions=meta["collisions"])
+    return state, progress
+
+
+def _train_epoch(
+    trainer: Trainer, state: TrainState, plan: _Plan, train: RowSource,
+    order: np.ndarray, temp: np.ndarray,
+) -> tuple[TrainState, jax.Array]:
+    """One pass over the minibatches ``order`` ``[steps, batch]``; the mean loss."""
+    if plan.on_device:
+        return trainer.epoch_fn(state, plan.X, order.astype(np.int32), temp)
+    losses = []
+    for xb in _prefetch(trainer.global_batch(train, p) for p in order):
+        state, loss = trainer.step_fn(state, xb, temp)
+        losses.append(loss)
+    return state, jnp.mean(jnp.stack(losses))
+
+
+def _end_of_epoch(
+    trainer: Trainer, state: TrainState, plan: _Plan, val: RowSource | None,
+) -> tuple[TrainState, dict[str, float]]:
+    """Resolve collisions, then measure the selection (and the validation rows)."""
+    thr = jnp.float32(trainer.cfg.collision_threshold)
+    logits, n_coll = trainer.resolve_fn(state.params["selector"]["logits"], thr)
+    state = state.replace(params=with_logits(state.params, logits))
+    mean_max, top, _ = trainer.selection(state.params)
+    metrics = (trainer.evaluate(state.params, val, top, plan.chunk)
+               if val is not None and val.n else {})
+    record = {
+        "mean_max_prob": mean_max,
+        "val_loss": metrics.get("loss", float("nan")),
+        "collisions": int(n_coll),
+        "unique_genes": len(np.unique(top)),
+    }
+    if "accuracy" in metrics:
+        record["val_accuracy"] = metrics["accuracy"]
+    return state, record
+
+
+def _run_attempt(
+    trainer: Trainer, state: TrainState, plan: _Plan, data: tuple[RowSource, RowSource | None],
+    progress: _Progress, control: _Control,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> TrainState:
+    """Epochs of the current attempt until convergence or its epoch cap."""
+    cfg, (train, val) = trainer.cfg, data
+    # The row-order stream of this attempt; ``state.keys`` holds the same streams.
+    rows = key_words(random_streams(progress.seed, progress.attempt).rows)
+    while progress.epoch < progress.max_epochs:
+        t_epoch = time.perf_counter()
+        temp = temperature(progress.epoch, cfg.t0, cfg.tb, progress.max_epochs)
+        rng = row_order_rng(rows, progress.epoch)
+        order = epoch_order(train.n, rng, block=plan.shuffle_block)
+        order = order[: plan.steps * plan.batch].reshape(plan.steps, plan.batch)
+        state, loss = _train_epoch(trainer, state, plan, train, order, temp)
+        state, measured = _end_of_epoch(trainer, state, plan, val)
+        record = {"epoch": progress.epoch + 1, "epochs": progress.max_epochs,
+                  "temperature": float(temp), "mean_max_prob": measured.pop("mean_max_prob"),
+                  "train_loss": float(loss), "val_loss": measured.pop("val_loss"),
+                  "collisions": measured.pop("collisions"),
+                  "unique_genes": measured.pop("unique_genes"),
+                  "seconds": time.perf_counter() - t_epoch, **measured}
+        progress.history.append(record)
+        progress.collisions += record["collisions"]
+        progress.epoch += 1
+        if on_epoch is not None:
+            on_epoch(record)
+        if record["mean_max_prob"] > cfg.stop_threshold and record["collisions"] == 0:
+            progress.converged, progress.stop_epoch = True, progress.epoch
+            return state
+        control.between_epochs(state, progress)
+    return state
+
+
 def fit(
     trainer: Trainer,
     train: RowSource,
@@ -569,130 +914,50 @@ def fit(
 ) -> FitResult:
     """Train until the selection converges or the epoch cap; see :class:`TrainConfig`.
 
-    ``seed`` (default: the trainer's) seeds initialisation, Gumbel noise and row order;
-    changing it reuses the compiled step functions. ``stop_after_epochs`` (testing aid)
-    interrupts the run after that many epochs, as a SIGTERM would, leaving a checkpoint
-    to resume from.
+    ``seed`` (default: the trainer's) seeds the random streams (:func:`random_streams`);
+    changing it reuses the compiled step functions, and ``trainer`` is left unchanged.
+    ``stop_after_epochs`` (testing aid) interrupts the run after that many epochs, as a
+    SIGTERM would, leaving a checkpoint to resume from.
     """
-    if seed is not None:
-        trainer.seed = seed
+    seed = trainer.seed if seed is None else seed
     cfg = trainer.cfg
-    n_dev = trainer.n_devices
-    batch = effective_batch_size(cfg.batch_size, train.n, n_dev)
-    steps = train.n // batch
-    on_device = train.dense is not None and jax.process_count() == 1
-    base_key = jax.random.key(trainer.seed)
-    if on_device:
-        X_dev = jax.device_put(train.dense, trainer._rep)
-    chunk = eval_chunk(val.n if val is not None else 1, n_dev)
-    # Rows on disk are shuffled in contiguous blocks (8 per minibatch) to keep reads long.
-    shuffle_block = max(1, batch // 8) if train.data.is_backed else 1
-    thr = jnp.float32(cfg.collision_threshold)
-
-    attempt, epoch, history, collisions = 0, 0, [], 0
-    max_epochs = epochs_for(cfg, steps)
-    state = trainer.init_state(attempt)
-    if resume and checkpoint is not None and checkpoint.exists():
-        state, meta = load_checkpoint(checkpoint, state)
-        state = jax.jit(lambda st: st, out_shardings=trainer._rep)(state)
-        attempt, epoch, history = meta["attempt"], meta["epoch"], meta["history"]
-        collisions, max_epochs = meta["collisions"], meta["max_epochs"]
-
-    def save() -> None:
-        if checkpoint is not None and jax.process_index() == 0:
-            save_checkpoint(
-                checkpoint,
-                state,
-                {"attempt": attempt, "epoch": epoch, "history": history,
-                 "collisions": collisions, "max_epochs": max_epochs},
-            )
-
+    plan = _plan(trainer, train, val)
+    state, progress = _start(trainer, seed, plan.steps, checkpoint if resume else None)
     t_start = time.perf_counter()
-    converged, stop_epoch = False, None
     with _stop_signals() as stop:
+        control = _Control(checkpoint, cfg.checkpoint_every, stop, stop_after_epochs)
         while True:
-            while epoch < max_epochs:
-                t_epoch = time.perf_counter()
-                temp = temperature(epoch, cfg.t0, cfg.tb, max_epochs)
-                rng = np.random.default_rng([trainer.seed, attempt, epoch])
-                perm = epoch_order(train.n, rng, block=shuffle_block)
-                perm = perm[: steps * batch].reshape(steps, batch)
-                if on_device:
-                    state, loss = trainer.epoch_fn(
-                        state, X_dev, perm.astype(np.int32), temp, base_key
-                    )
-                else:
-                    losses = []
-                    batches = _prefetch(trainer.global_batch(train, p) for p in perm)
-                    for xb in batches:
-                        state, loss_s = trainer.step_fn(state, xb, temp, base_key)
-                        losses.append(loss_s)
-                    loss = jnp.mean(jnp.stack(losses))
-                logits, n_coll = trainer.resolve_fn(state["params"]["selector"]["logits"], thr)
-                state["params"]["selector"]["logits"] = logits
-                n_coll = int(n_coll)
-                collisions += n_coll
-                mean_max, top, _ = trainer.selection(state["params"])
-                val_metrics = (
-                    trainer.evaluate(state["params"], val, top, chunk)
-                    if val is not None and val.n
-                    else {}
-                )
-                record = {
-                    "epoch": epoch + 1,
-                    "epochs": max_epochs,
-                    "temperature": float(temp),
-                    "mean_max_prob": mean_max,
-                    "train_loss": float(loss),
-                    "val_loss": val_metrics.get("loss", float("nan")),
-                    "collisions": n_coll,
-                    "unique_genes": len(np.unique(top)),
-                    "seconds": time.perf_counter() - t_epoch,
-                }
-                if "accuracy" in val_metrics:
-                    record["val_accuracy"] = val_metrics["accuracy"]
-                history.append(record)
-                epoch += 1
-                if on_epoch is not None:
-                    on_epoch(record)
-                if mean_max > cfg.stop_threshold and n_coll == 0:
-                    converged, stop_epoch = True, epoch
-                    break
-                if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                    save()
-                if stop["signal"] is not None or (
-                    stop_after_epochs is not None and len(history) >= stop_after_epochs
-                ):
-                    save()
-                    where = f"; resume with --resume ({checkpoint})" if checkpoint else ""
-                    msg = f"interrupted after epoch {epoch}{where}"
-                    raise Interrupted(msg, stop["signal"])
-            if converged or not cfg.retry_unconverged or attempt >= cfg.max_retries:
+            state = _run_attempt(trainer, state, plan, (train, val), progress, control, on_epoch)
+            done = progress.converged or not cfg.retry_unconverged
+            if done or progress.attempt >= cfg.max_retries:
                 break
-            attempt += 1
-            max_epochs *= 2
-            epoch = 0
-            state = trainer.init_state(attempt)
+            progress.retry()
+            state = trainer.init_state(seed, progress.attempt)
             if on_epoch is not None:
-                on_epoch({"restart": attempt, "max_epochs": max_epochs})
+                on_epoch({"restart": progress.attempt, "max_epochs": progress.max_epochs})
+    return _result(trainer, state, plan, progress, time.perf_counter() - t_start)
 
+
+def _result(
+    trainer: Trainer, state: TrainState, plan: _Plan, progress: _Progress, seconds: float
+) -> FitResult:
     compilations = {
         "epoch": trainer.epoch_fn._cache_size(),
         "step": trainer.step_fn._cache_size(),
         "eval": trainer.sse_fn._cache_size(),
     }
     return FitResult(
-        params=trainer.full_params(state["params"]),
-        history=history,
-        converged=converged,
-        stop_epoch=stop_epoch,
-        epochs_run=len(history),
-        collisions=collisions,
-        attempts=attempt + 1,
-        data_placement="device" if on_device else "streamed",
-        batch_size=batch,
-        steps_per_epoch=steps,
-        n_devices=n_dev,
+        params=trainer.full_params(state.params),
+        history=progress.history,
+        converged=progress.converged,
+        stop_epoch=progress.stop_epoch,
+        epochs_run=len(progress.history),
+        collisions=progress.collisions,
+        attempts=progress.attempt + 1,
+        data_placement="device" if plan.on_device else "streamed",
+        batch_size=plan.batch,
+        steps_per_epoch=plan.steps,
+        n_devices=trainer.n_devices,
         compilations=compilations,
-        seconds=time.perf_counter() - t_start,
+        seconds=seconds,
     )

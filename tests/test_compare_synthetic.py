@@ -148,3 +148,31 @@ def test_sweep_baselines_on_an_unconstrained_run(planted_landmarks):
     for n in notes:
         assert n in report
     assert (tmp / "cmp_free" / "sweep.png").stat().st_size > 0
+
+
+def test_ridge_guard_in_memory_run_and_extra_genes(planted_landmarks):
+    """Fewer training rows than panel genes: ridge, never interpolation; said in the headline."""
+    from genepanel.io import ExpressionData
+
+    _, path, names, _, landmark_idx = planted_landmarks
+    x = np.asarray(ad.read_h5ad(path).X[:40])
+    data = ExpressionData(x, list(names), pd.DataFrame(index=range(40)), "first 40 rows")
+    sel = select_panel(data, SelectConfig(k=30, train={"anneal_steps": 50, "max_epochs": 5}),
+                       evaluate_baselines=False)
+    # one extra gene the run never saw: dropped before the comparison
+    wide = ExpressionData(np.concatenate([x, x[:, :1]], axis=1), [*names, "EXTRA"],
+                          data.obs, "wide")
+    cfg = CompareConfig(mlp_hidden=(), trials=1, sweep=True,
+                        sweep_sizes=(35,), sweep_epochs=3)
+    res = compare_landmarks(wide, sel.model, None, config=cfg,
+                            reference=[names[i] for i in landmark_idx])
+    assert res.info["panel_run"] == "in memory" and res.info["n_genes"] == len(names)
+    lin = res.summary[res.summary["decoder"] == "linear"].set_index("panel")
+    assert lin.loc["candidate", "fit"] == "ridge" and lin.loc["reference", "fit"] == "ols"
+    trials = res.trials[res.trials["decoder"] == "linear"].set_index("panel")
+    assert trials.loc["candidate", "ridge_alpha"] > 0
+    assert np.isfinite(lin.loc["candidate", "mse_all_mean"])
+    assert any("candidate: ridge" in line for line in res.headline())
+    cae = res.sweep[res.sweep["panel"] == "cae_sweep"]
+    assert list(cae["linear_fit"]) == ["ridge"]
+    assert any("35 genes: at least as many genes" in e for e in res.info["sweep_match"]["excluded"])

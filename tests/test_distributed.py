@@ -28,8 +28,11 @@ SCRIPT = textwrap.dedent(
     from tests.conftest import planted
     x, genes, _, _ = planted(seed=6)
     data = ExpressionData(x, genes, pd.DataFrame(index=range(len(x))), "planted")
-    cfg = SelectConfig(k=5, seed=3).replace(**{"train.learning_rate": 0.01,
-        "train.batch_size": 32, "train.max_epochs": 12, "train.device_memory_budget_gb": 0.0})
+    # seed 4, 25 epochs: every node's best logit leads its runner-up by 0.09 or more (the
+    # margin check below); seed 3 with 12 epochs, used before the named random streams,
+    # now leaves a node at 0.016
+    cfg = SelectConfig(k=5, seed=4).replace(**{"train.learning_rate": 0.01,
+        "train.batch_size": 32, "train.max_epochs": 25, "train.device_memory_budget_gb": 0.0})
     res = select_panel(data, cfg, out, evaluate_baselines=False)
     print(json.dumps({"procs": jax.process_count(), "path": res.fit.data_placement,
         "panel": res.panel.indices.tolist(),

@@ -126,3 +126,77 @@ def test_sweep_report_names_baselines_that_do_better():
     assert any("no converged CAE panel" in n for n in m["baselines"])
     assert any("CAE not converged" in n for n in m["baselines"])
     assert sweep_match(df[~df["panel"].isin(["greedy", "topvar"])])["baselines"] == []
+
+
+def test_one_scoring_pass_matches_the_direct_computation():
+    """score(guarded, per_gene, decoders) = guarded refits and per-gene errors done by hand."""
+    from genepanel.compare import pearson_per_gene
+    from genepanel.config import SelectConfig
+    from genepanel.dataset import Dataset
+    from genepanel.evaluate import score
+
+    x = _low_rank(60, d=80)
+    x[:, 7] = 1.5  # a constant gene: no correlation
+    data = ExpressionData(x, [f"g{i}" for i in range(80)], pd.DataFrame(index=range(60)), "x")
+    ds = Dataset.build(data, SelectConfig(k=3, preprocess="none"))
+    train, val, test = (x[ds.split.train], x[ds.split.val], x[ds.split.test])
+    n = len(train)
+    panels = {"small": np.array([0, 3, 9]), "wide": np.arange(10, 10 + n - 1)}
+    scale = 2.0
+    decoders = {"halved": (panels["small"], lambda xs: np.tile(xs[:, :1] / scale, (1, 80)))}
+    sc = score(ds, panels, guarded=True, per_gene=True, decoders=decoders)
+    assert sc.panels["small"].fit == "ols" and sc.panels["wide"].fit == "ridge"
+    for name, p in panels.items():
+        fit, how = guarded_linear_fit(train, val, p)
+        assert how["fit"] == sc.panels[name].fit
+        pred = fit.predict(test[:, p])
+        err = np.square(pred.astype(np.float64) - test)
+        got = sc.panels[name].genes
+        np.testing.assert_allclose(got.mse, err.mean(0), rtol=1e-4, atol=1e-7)
+        assert sc.panels[name].test_mse == pytest.approx(err.mean(), rel=1e-4)
+        want_r = pearson_per_gene(test, pred)
+        assert np.isnan(got.pearson[7]) and np.isnan(want_r[7])
+        np.testing.assert_allclose(got.pearson, want_r, rtol=1e-6, atol=1e-6)
+    pred = np.tile(test[:, :1] / scale, (1, 80))
+    np.testing.assert_allclose(sc.decoders["halved"].mse,
+                               np.square(pred.astype(np.float64) - test).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(sc.test_gene_variance, test.astype(np.float64).var(0),
+                               rtol=1e-6, atol=1e-9)
+    # without validation rows the undetermined refit is refused, never interpolated
+    ds.val = None
+    refused = score(ds, {"wide": panels["wide"]}, guarded=True, per_gene=True)
+    assert refused.panels["wide"].fit == "refused"
+    assert np.isnan(refused.panels["wide"].test_mse) and "wide" not in refused.fits
+
+
+def test_dataset_reads_each_part_once_and_greedy_is_sliced():
+    from genepanel.config import SelectConfig
+    from genepanel.dataset import Dataset
+    from genepanel.selectors import greedy_css, greedy_panel, run_selector
+
+    x = _low_rank(80, d=30)
+    reads = []
+
+    class Counting(ExpressionData):
+        def rows(self, idx):
+            reads.append(len(idx))
+            return super().rows(idx)
+
+    data = Counting(x, [f"g{i}" for i in range(30)], pd.DataFrame(index=range(80)), "x")
+    ds = Dataset.build(data, SelectConfig(k=3, preprocess="none", train={
+        "device_memory_budget_gb": 1e-9}))  # nothing materialised
+    assert ds.train.dense is None
+    before = len(reads)
+    m = ds.matrix("train")
+    assert len(reads) > before
+    before = len(reads)
+    blocks = np.concatenate([b for _, b in ds.blocks("train")])
+    assert len(reads) == before  # from memory
+    np.testing.assert_array_equal(blocks, m)
+    assert ds.train_matrix() is m
+    big = run_selector("greedy", ds, 8)
+    small = run_selector("greedy", ds, 5)
+    direct = greedy_css(ds.train_centred(), 5)
+    np.testing.assert_array_equal(small.indices, np.sort(direct))
+    assert small.seconds == big.seconds  # the one run, sliced
+    assert np.array_equal(greedy_panel(ds, 5)[0], greedy_panel(ds, 8)[0][:5])

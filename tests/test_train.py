@@ -14,7 +14,7 @@ import pytest
 from genepanel.api import select_panel
 from genepanel.config import SelectConfig
 from genepanel.io import ExpressionData
-from genepanel.train import Trainer
+from genepanel.train import resolve_collisions
 from tests.conftest import ROOT, planted
 
 FAST = {"train.learning_rate": 0.01, "train.batch_size": 32, "train.max_epochs": 150}
@@ -115,7 +115,7 @@ def test_resolve_pushes_less_confident_duplicate_away():
     logits[1, 2] = 3.0  # less confident, also gene 2, next best gene 4
     logits[1, 4] = 2.0
     logits[2, 0] = 4.0
-    new, n = Trainer._resolve(logits, np.float32(0.2))
+    new, n = resolve_collisions(logits, np.float32(0.2))
     new = np.asarray(new)
     assert int(n) == 1
     assert new[1].argmax() == 4

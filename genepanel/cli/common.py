@@ -106,43 +106,38 @@ def run_command(fn: Callable[[], T], verbose: bool) -> T:
         old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return fn()
-    except GenepanelError as exc:
-        if verbose:
-            traceback.print_exc()
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
-    except Terminated:
+    # OSError: a file-system failure no module turned into a GenepanelError
+    except (GenepanelError, Terminated, MemoryError, OSError) as exc:
         if verbose:
             traceback.print_exc()
-        typer.echo(
-            "error: terminated (SIGTERM) before the results were complete; nothing was "
-            "written to --out; run the command again (with --resume where a checkpoint "
-            "was left in <out>.partial)",
-            err=True,
-        )
-        raise typer.Exit(143) from None
-    except MemoryError:
-        if verbose:
-            traceback.print_exc()
-        typer.echo(
-            "error: out of memory; use a smaller --batch-size or lower "
-            "train.device_memory_budget_gb",
-            err=True,
-        )
-        raise typer.Exit(1) from None
-    except OSError as exc:  # a file-system failure no module turned into a GenepanelError
-        if verbose:
-            traceback.print_exc()
-        reason = exc.strerror or str(exc).splitlines()[0]
-        where = f": {exc.filename}" if exc.filename else ""
-        typer.echo(f"error: {reason}{where}", err=True)
-        raise typer.Exit(1) from None
+        message, code = _failure(exc)
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(code) from None
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code of a failure :func:`run_command` caught."""
+    from genepanel.errors import GenepanelError
+
+    if isinstance(exc, GenepanelError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, Terminated):
+        return ("terminated (SIGTERM) before the results were complete; nothing was "
+                "written to --out; run the command again (with --resume where a checkpoint "
+                "was left in <out>.partial)", 143)
+    if isinstance(exc, MemoryError):
+        return ("out of memory; use a smaller --batch-size or lower "
+                "train.device_memory_budget_gb", 1)
+    assert isinstance(exc, OSError)
+    reason = exc.strerror or str(exc).splitlines()[0]
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{reason}{where}", 1
 
 
 def print_result(path: Any) -> None:

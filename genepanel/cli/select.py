@@ -102,25 +102,11 @@ def select(
     }
 
     def work() -> None:
-        from genepanel import config as cfgmod
+        from genepanel.api import select_panels
         from genepanel.runtime import is_main_process, maybe_initialize_distributed
 
         maybe_initialize_distributed(coordinator, num_processes, process_id)
-
-        base = cfgmod.load_yaml(config) if config is not None else {}
-        if hidden is not None and decoder is None and "model" not in base:
-            flags["model.decoder"] = "mlp"
-        changes = {key: v for key, v in flags.items() if v is not None}
-        if "model.hidden" in changes:
-            changes["model.hidden"] = cfgmod.parse_hidden(changes["model.hidden"])
-        ks = cfgmod.parse_sizes(k) if k is not None else None
-        if ks is not None:
-            changes["k"] = ks[0]
-        cfg = cfgmod.from_dict(base).replace(**changes)
-        ks = ks or [cfg.k]
-
-        from genepanel.api import select_panels
-
+        cfg, ks = _config(config, flags, k, hidden=hidden, decoder=decoder)
         reporter = EpochReporter(cfg.train.max_epochs, enabled=not quiet and is_main_process())
         try:
             results = select_panels(data, cfg, ks, out, overwrite=overwrite, resume=resume,
@@ -132,27 +118,51 @@ def select(
         for res in results:
             print_result(res.out)
         for res in results:
-            unmatched = res.run.get("constraints", {}).get("exclude_patterns_matching_nothing")
-            if unmatched:
-                log.warning("warning: --exclude %s matched no gene", ", ".join(unmatched))
-            tr = res.run["training"]
-            log.info("panel of %d genes written to %s: %s", len(res.panel.indices), res.out,
-                     tr["status"] if tr["converged"] else "NOT CONVERGED, see below")
-            if tr.get("prefilter"):
-                log.info("the selector chose among the %d genes of highest variance of %d "
-                         "(--prefilter 0: all)", tr["candidate_genes"],
-                         tr["prefilter"]["of_allowed_genes"])
-            if not tr["converged"]:
-                log.warning("warning: %s", tr["status"])
-            for line in summary_lines(res.run):
-                (log.warning if line.startswith("warning:") else log.info)(line)
-            if res.stability is not None:
-                st = res.stability["summary"]
-                log.info("%d restarts: mean Jaccard %.2f, %d genes in every panel, kept seed %d",
-                         st["n"], st["jaccard_mean"], st["n_genes_in_every_panel"],
-                         st["kept_seed"])
+            _report(res)
 
     run_command(work, verbose)
+
+
+def _config(
+    config: Path | None, flags: dict[str, Any], k: str | None, *, hidden: str | None,
+    decoder: str | None,
+) -> tuple[SelectConfig, list[int]]:
+    """The configuration (YAML file, then flags) and the panel sizes to select."""
+    from genepanel import config as cfgmod
+
+    base = cfgmod.load_yaml(config) if config is not None else {}
+    if hidden is not None and decoder is None and "model" not in base:
+        flags["model.decoder"] = "mlp"
+    changes = {key: v for key, v in flags.items() if v is not None}
+    if "model.hidden" in changes:
+        changes["model.hidden"] = cfgmod.parse_hidden(changes["model.hidden"])
+    ks = cfgmod.parse_sizes(k) if k is not None else None
+    if ks is not None:
+        changes["k"] = ks[0]
+    cfg = cfgmod.from_dict(base).replace(**changes)
+    return cfg, ks or [cfg.k]
+
+
+def _report(res: Any) -> None:
+    """Log what a finished panel run wants the user to know (stderr)."""
+    unmatched = res.run.get("constraints", {}).get("exclude_patterns_matching_nothing")
+    if unmatched:
+        log.warning("warning: --exclude %s matched no gene", ", ".join(unmatched))
+    tr = res.run["training"]
+    log.info("panel of %d genes written to %s: %s", len(res.panel.indices), res.out,
+             tr["status"] if tr["converged"] else "NOT CONVERGED, see below")
+    if tr.get("prefilter"):
+        log.info("the selector chose among the %d genes of highest variance of %d "
+                 "(--prefilter 0: all)", tr["candidate_genes"],
+                 tr["prefilter"]["of_allowed_genes"])
+    if not tr["converged"]:
+        log.warning("warning: %s", tr["status"])
+    for line in summary_lines(res.run):
+        (log.warning if line.startswith("warning:") else log.info)(line)
+    if res.stability is not None:
+        st = res.stability["summary"]
+        log.info("%d restarts: mean Jaccard %.2f, %d genes in every panel, kept seed %d",
+                 st["n"], st["jaccard_mean"], st["n_genes_in_every_panel"], st["kept_seed"])
 
 
 _NAMES = {"greedy": "greedy", "topvar": "top-variance", "hvg": "HVG", "random": "random"}
