@@ -173,9 +173,13 @@ def run_one(name: str, k: int, methods: tuple[str, ...]) -> dict:
 
 
 def _commit() -> str:
-    """Short hash of the checked-out commit (``+dirty`` when the tree has changes)."""
+    """Short hash of the last commit that changed ``genepanel/`` (the code measured).
+
+    ``+dirty`` when ``genepanel/`` has uncommitted changes.
+    """
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--",
+                               "genepanel"],
                               capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "genepanel"],
                                capture_output=True, text=True, check=True).stdout.strip()
