@@ -26,7 +26,7 @@ subjects held out for test and 1 for validation), ``mnist`` (the MNIST test set:
 protein's mean over the training rows, values otherwise raw), ``myoblast`` (HSMM
 Trapnell 2014: FPKM < 1e-3 set to 0 as Cufflinks noise, then log1p; 72/8/20; labels
 ``hours``). ``--ks rule`` runs k = 10, 25, 50, 100 wherever the training rows number at
-least 4k (the issue's rule).
+least 4k (the issue's rule) and k is below the number of genes.
 """
 
 from __future__ import annotations
@@ -148,6 +148,12 @@ def n_train(name: str) -> int:
     data, changes, _ = load(name)
     cfg = SelectConfig().replace(**changes)
     return len(make_split(data.shape[0], cfg.split, 0, data.obs).train)
+
+
+@functools.cache
+def n_genes(name: str) -> int:
+    """Genes (features) of a data set."""
+    return load(name)[0].shape[1]
 
 
 def run_one(name: str, k: int, methods: tuple[str, ...]) -> dict:
@@ -414,8 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         for name in [s for s in args.datasets.split(",") if s]:
             ks = ISSUE_KS if args.ks == "rule" else [int(v) for v in args.ks.split(",") if v]
             for k in ks:
-                if args.ks == "rule" and n_train(name) < 4 * k:
-                    print(f"{name} k={k}: skipped ({n_train(name)} training rows < 4k)")
+                if args.ks == "rule" and (n_train(name) < 4 * k or k >= n_genes(name)):
+                    print(f"{name} k={k}: skipped ({n_train(name)} training rows, "
+                          f"{n_genes(name)} genes)")
                     continue
                 rec = run_one(name, k, tuple(args.methods.split(",")))
                 (RESULTS / f"{name}_k{k}.json").write_text(json.dumps(rec, indent=1))
