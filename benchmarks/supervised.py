@@ -152,7 +152,8 @@ def run_one(seed: int, k: int, label_weight: float | None = None) -> dict:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        return subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--",
+                               "genepanel"],  # the last commit that changed the code
                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
