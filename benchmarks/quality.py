@@ -21,13 +21,19 @@ subjects held out for test and 1 for validation), ``mnist`` (the MNIST test set:
 6,000 rows train (the last 600 of them validation), the other 4,000 test), ``fashion``
 (Fashion-MNIST test set, the same split),
 ``celltypist`` (the celltypist sample, genes in ≥ 20 cells, ``--preprocess log1p``,
-72/8/20), ``bladder`` (GSE3167, 72/8/20).
+72/8/20), ``bladder`` (GSE3167, 72/8/20), ``coil20`` (COIL-20 20×20, 72/8/20), ``isolet``
+(the isolet1 subset, 72/8/20), ``mice`` (Mice Protein, 72/8/20; each NaN replaced by its
+protein's mean over the training rows, values otherwise raw), ``myoblast`` (HSMM
+Trapnell 2014: FPKM < 1e-3 set to 0 as Cufflinks noise, then log1p; 72/8/20; labels
+``hours``). ``--ks rule`` runs k = 10, 25, 50, 100 wherever the training rows number at
+least 4k (the issue's rule) and k is below the number of genes.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -44,13 +50,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
 OUT = ROOT / "benchmarks" / "quality.md"
-METHODS = ("cae", "greedy", "topvar", "random", "hvg", "pca")
-ROW_ORDER = ("cae", "cae_unrefined", "greedy", "topvar", "hvg", "random", "pca")
+METHODS = ("cae", "greedy", "topvar", "random", "hvg", "laplacian", "pfa", "pca")
+ROW_ORDER = ("cae", "cae_unrefined", "greedy", "topvar", "hvg", "laplacian", "pfa", "random",
+             "pca")
+BASELINES = ("greedy", "topvar", "hvg", "laplacian", "pfa", "random")
 NAMES = {"pbmc_raw": "pbmc68k_reduced .raw (log-normalised)",
          "pbmc_scaled": "pbmc68k_reduced .X (scaled)", "flu": "flu bulk GSE30550",
          "mnist": "MNIST test set", "fashion": "Fashion-MNIST test set",
          "celltypist": "celltypist PBMC sample (log1p)",
-         "bladder": "bladder GSE3167"}
+         "bladder": "bladder GSE3167", "coil20": "COIL-20 (20×20)",
+         "isolet": "ISOLET (isolet1 subset)", "mice": "Mice Protein (NaN → training mean)",
+         "myoblast": "myoblast HSMM (FPKM<1e-3→0, log1p)"}
 
 
 def load(name: str):
@@ -92,8 +102,58 @@ def load(name: str):
         return sub, {"preprocess": "log1p"}, None
     if name == "bladder":
         return read_matrix(DATA / "bulk_bladder_gse3167_n57x22283.h5ad"), {}, None
+    if name in ("coil20", "isolet"):
+        return read_npz(DATA / ("coil20.npz" if name == "coil20" else "isolet1_subset.npz")), \
+            {}, "y"
+    if name == "mice":
+        # NaNs filled with the protein's mean over the training rows (the split the
+        # selector will draw: the default 72/8/20 with seed 0); values otherwise raw.
+        from genepanel.config import SelectConfig
+        from genepanel.data import make_split
+
+        with np.load(DATA / "mice_protein.npz", allow_pickle=False) as z:
+            x = np.asarray(z["X"], np.float64)
+            genes = [str(g) for g in z["feature_names"]]
+            obs = pd.DataFrame({"y": np.asarray(z["y"]).astype(str)},
+                               index=[f"s{i}" for i in range(len(x))])
+        train = make_split(len(x), SelectConfig().split, 0, obs).train
+        means = np.nanmean(x[train], axis=0)
+        x = np.where(np.isnan(x), means[None, :], x).astype(np.float32)
+        return ExpressionData(x, genes, obs, "mice_protein[NaN → training mean]"), {}, "y"
+    if name == "myoblast":
+        import scipy.sparse as sp
+
+        data = read_matrix(DATA / "scrna_hsmm_trapnell2014_n271x26521_fpkm.h5ad")
+        x = sp.csr_matrix(data.X, dtype=np.float32)
+        x.data[x.data < 1e-3] = 0.0  # Cufflinks numerical noise (data README)
+        x.eliminate_zeros()
+        x.data = np.log1p(x.data)
+        obs = data.obs.copy()
+        obs["hours"] = obs["hours"].astype(str)
+        return ExpressionData(x, list(data.genes), obs,
+                              "HSMM myoblasts[FPKM < 1e-3 → 0, log1p]"), {}, "hours"
     msg = f"unknown data set {name!r}; choose from {', '.join(NAMES)}"
     raise SystemExit(msg)
+
+
+ISSUE_KS = (10, 25, 50, 100)
+
+
+@functools.cache
+def n_train(name: str) -> int:
+    """Training rows of a data set's split (the rows the selectors see)."""
+    from genepanel.config import SelectConfig
+    from genepanel.data import make_split
+
+    data, changes, _ = load(name)
+    cfg = SelectConfig().replace(**changes)
+    return len(make_split(data.shape[0], cfg.split, 0, data.obs).train)
+
+
+@functools.cache
+def n_genes(name: str) -> int:
+    """Genes (features) of a data set."""
+    return load(name)[0].shape[1]
 
 
 def run_one(name: str, k: int, methods: tuple[str, ...]) -> dict:
@@ -114,7 +174,24 @@ def run_one(name: str, k: int, methods: tuple[str, ...]) -> dict:
                      "detail": r["detail"]})
     return {"dataset": name, "k": k, "n_train": n_train, "n_genes": rec["data"]["n_genes"],
             "split": rec["data"]["split"], "rows": rows, "seconds": time.perf_counter() - t,
-            "refinement": rec["cae"].get("refinement"), "date": dt.date.today().isoformat()}
+            "refinement": rec["cae"].get("refinement"), "date": dt.date.today().isoformat(),
+            "commit": _commit()}
+
+
+def _commit() -> str:
+    """Short hash of the last commit that changed ``genepanel/`` (the code measured).
+
+    ``+dirty`` when ``genepanel/`` has uncommitted changes.
+    """
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--",
+                               "genepanel"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "genepanel"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 # --------------------------------------------------------------------------- stability
@@ -134,15 +211,18 @@ print(json.dumps({{"devices": jax.device_count(), "panel": res.panel.indices.tol
 """
 
 
-def stability() -> dict:
-    """Seeds 0-4 on one split (pbmc .raw, k = 50), and seed 0 on 1 vs 4 CPU devices."""
+def stability(name: str = "pbmc_raw") -> dict:
+    """Seeds 0-4 on one split (k = 50); for pbmc .raw also seed 0 on 1 vs 4 CPU devices."""
     from genepanel.benchmark import run_benchmark
     from genepanel.config import SelectConfig
 
-    data, changes, _ = load("pbmc_raw")
+    data, changes, _ = load(name)
     res = run_benchmark(data, SelectConfig(k=50, seed=0).replace(**changes), None,
                         methods=("cae",), seeds=5)
-    out = {"seeds": res.record["stability"], "date": dt.date.today().isoformat()}
+    out = {"seeds": res.record["stability"], "date": dt.date.today().isoformat(),
+           "dataset": name, "commit": _commit()}
+    if name != "pbmc_raw":
+        return out
     devices = {}
     for n_dev in (1, 4):
         env = dict(os.environ, PYTHONPATH=str(ROOT),
@@ -220,8 +300,8 @@ def write_report() -> str:
         "panels). `converged`: the autoencoder's stopping rule fired before the epoch cap.",
         "",
         "| data | k | n_train × genes | ours | ours before refinement | greedy | top-variance "
-        "| HVG | random (mean ± sd) | PCA bound | ours wins? |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| HVG | Laplacian score | PFA | random (mean ± sd) | PCA bound | ours wins? | commit |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     losses = []
     for r in results:
@@ -243,7 +323,7 @@ def write_report() -> str:
             if m == "cae_unrefined" and row.get("converged") is not None:
                 text += "" if row["converged"] else " (not converged)"
             cells.append(text)
-        beaten = [m for m in ("greedy", "topvar", "hvg", "random")
+        beaten = [m for m in BASELINES
                   if m in by and ours is not None and by[m]["test_mse"] <= ours]
         if ours is None:
             verdict = "—"
@@ -251,12 +331,11 @@ def write_report() -> str:
             verdict = "**no**: " + ", ".join(beaten)
             losses.append((r, beaten))
         else:
-            best = min((by[m]["test_mse"] for m in ("greedy", "topvar", "hvg", "random")
-                        if m in by), default=None)
+            best = min((by[m]["test_mse"] for m in BASELINES if m in by), default=None)
             verdict = "yes" + (f" ({100 * (1 - ours / best):.2f}% below the best baseline)"
                                if best else "")
         lines.append(f"| {NAMES[r['dataset']]} | {r['k']} | {r['n_train']} × {r['n_genes']} | "
-                     + " | ".join(cells) + f" | {verdict} |")
+                     + " | ".join(cells) + f" | {verdict} | {r.get('commit', 'see notes')} |")
     lines += ["", "Where the refinement's kept start is noted, `greedy` means the swap optimum "
               "reached from the greedy panel had the lower (or a tied, within 1e-4) training "
               "error; `cae` means the one reached from the autoencoder's panel.", ""]
@@ -283,12 +362,12 @@ def write_report() -> str:
     else:
         lines.append("In no row above does a baseline reach a held-out error at or below "
                      "the default panel's.")
-    stab = RESULTS / "stability.json"
-    if stab.exists():
+    for stab in sorted(RESULTS.glob("stability*.json")):
         s = json.loads(stab.read_text())
         sd, dv = s["seeds"], s.get("devices")
-        lines += ["", "## Stability (pbmc68k_reduced .raw, k = 50, same 72/8/20 split)", "",
-                  f"Measured {s['date']}.", "",
+        lines += ["", f"## Stability ({NAMES[s.get('dataset', 'pbmc_raw')]}, k = 50, same "
+                  "72/8/20 split)", "",
+                  f"Measured {s['date']} (commit {s.get('commit', 'see notes')}).", "",
                   "| panels | seeds 0–4: Jaccard mean / min | held-out MSE per seed | spread |",
                   "|---|---|---|---:|"]
         for kind, what in (("cae", "ours (final)"), ("cae_unrefined", "before refinement")):
@@ -323,10 +402,14 @@ def write_report() -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="", help="comma-separated: " + ",".join(NAMES))
-    ap.add_argument("--ks", default="25,50", help="comma-separated panel sizes")
+    ap.add_argument("--ks", default="25,50",
+                    help="comma-separated panel sizes, or 'rule': 10,25,50,100 where the "
+                         "training rows number at least 4k")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--stability", action="store_true",
                     help="seeds 0-4 and 1 vs 4 devices on pbmc .raw, k = 50")
+    ap.add_argument("--stability-scaled", action="store_true",
+                    help="seeds 0-4 on pbmc .X (scaled), k = 50")
     ap.add_argument("--speed", action="store_true",
                     help="time greedy + swap on a synthetic 2,000 × 33,000 matrix")
     ap.add_argument("--write-only", action="store_true", help="only rebuild quality.md")
@@ -335,7 +418,12 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.write_only:
         for name in [s for s in args.datasets.split(",") if s]:
-            for k in [int(v) for v in args.ks.split(",") if v]:
+            ks = ISSUE_KS if args.ks == "rule" else [int(v) for v in args.ks.split(",") if v]
+            for k in ks:
+                if args.ks == "rule" and (n_train(name) < 4 * k or k >= n_genes(name)):
+                    print(f"{name} k={k}: skipped ({n_train(name)} training rows, "
+                          f"{n_genes(name)} genes)")
+                    continue
                 rec = run_one(name, k, tuple(args.methods.split(",")))
                 (RESULTS / f"{name}_k{k}.json").write_text(json.dumps(rec, indent=1))
                 df = pd.DataFrame(rec["rows"])[["method", "test_mse", "accuracy", "seconds"]]
@@ -345,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
             (RESULTS / "speed.json").write_text(json.dumps(speed(), indent=1))
         if args.stability:
             (RESULTS / "stability.json").write_text(json.dumps(stability(), indent=1))
+        if args.stability_scaled:
+            (RESULTS / "stability_pbmc_scaled.json").write_text(
+                json.dumps(stability("pbmc_scaled"), indent=1))
     print(write_report())
 
 

@@ -36,11 +36,15 @@ from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
 from genepanel.selectors import (
+    SUPERVISED_OBJECTIVE,
     Selected,
     greedy_panel,
+    refit_matrix,
     run_selector,
+    supervised_refit,
     swap_alternatives,
     swap_refine,
+    with_label_head,
 )
 from genepanel.train import (
     FitResult,
@@ -326,23 +330,26 @@ def refine_panel(
     :data:`TIE_RTOL`) go to the greedy start, which does not depend on the seed or the
     number of devices, so that the panel is reproducible. Returns the final panel (genes
     it shares with the autoencoder's panel keep their node; the others fill the
-    remaining nodes) and a record for ``run.json``. Refinement runs for unsupervised
-    panels with the linear decoder only: it optimises the linear refit error, which is
-    not what a supervised or MLP panel was trained for.
+    remaining nodes) and a record for ``run.json``. Refinement runs with the linear
+    decoder only (an MLP panel was not trained for a linear refit); a supervised panel
+    is refined on :func:`~genepanel.selectors.supervised_target`'s objective (the
+    least-squares analogue of its training loss), not on the gene refit error alone.
     """
     if not cfg.refine:
         return cae, {"enabled": False, "reason": "turned off (--no-refine)"}
-    if cfg.labels is not None or cfg.model.decoder != "linear":
-        why = "supervised panel" if cfg.labels is not None else "MLP decoder"
+    if cfg.model.decoder != "linear":
         return cae, {"enabled": False,
-                     "reason": f"{why}: the swap search optimises the linear refit error"}
+                     "reason": "MLP decoder: the swap search optimises the linear refit error"}
+    weight, why = supervised_refit(cfg)
+    if why:
+        return cae, {"enabled": False, "reason": why}
     t = time.perf_counter()
-    xc = ds.train_centred()
+    xc = refit_matrix(ds, weight)
     allowed = con.allowed.copy()
     allowed[list(con.include)] = True
-    scale = xc.shape[0] * ds.n_genes
+    scale = xc.shape[0] * ds.n_genes if weight is None else 1.0
     runs = {"cae": swap_refine(xc, cae.indices, allowed=allowed, fixed=con.include)}
-    greedy, _ = greedy_panel(ds, cfg.k, allowed if con.active else None, con.include)
+    greedy, _ = greedy_panel(ds, cfg.k, allowed if con.active else None, con.include, weight)
     runs["greedy"] = swap_refine(xc, greedy, allowed=allowed, fixed=con.include)
     gap = runs["cae"].objective_end / runs["greedy"].objective_end - 1.0
     kept = "cae" if gap < -TIE_RTOL else "greedy"
@@ -360,6 +367,7 @@ def refine_panel(
                   "swap per round until none improves), from the autoencoder's panel and "
                   "from the greedy panel; the lower training error is kept, ties within "
                   f"{TIE_RTOL:g} go to the greedy start",
+        "objective": "training refit MSE" if weight is None else SUPERVISED_OBJECTIVE,
         "kept_start": kept,
         "genes_replaced": len(changed),
         "train_rows": int(xc.shape[0]),
@@ -445,8 +453,8 @@ def _select_one(
     table = panel_table(panel, data.genes, fixed=len(con.include))
     table["refined"] = moved
     if refined:
-        alt, cost = swap_alternatives(ds.train_centred(), panel.indices, cfg.n_related - 1,
-                                      allowed=con.allowed)
+        alt, cost = swap_alternatives(refit_matrix(ds, supervised_refit(cfg)[0]),
+                                      panel.indices, cfg.n_related - 1, allowed=con.allowed)
         groups = swap_groups(panel, alt, cost, data.genes, fixed=len(con.include))
     else:
         groups = related_groups(tr.logits, data.genes, panel, cfg.n_related)
@@ -492,6 +500,7 @@ def _fitted_model(
         # The trained decoder reads the autoencoder's panel; the saved decoder must read
         # the final one: the refit linear decoder (the trained one is linear too).
         params = {"out": {"kernel": fits["cae"].coef, "bias": fits["cae"].intercept}}
+        params = with_label_head(params, ds, panel.indices)  # supervised: label outputs
     else:
         params = result.params["decoder"]
     return FittedModel(

@@ -110,9 +110,11 @@ class SelectConfig:
     that list only. Each accepts a list, ``"A,B,C"`` or ``"@file"``. ``labels`` (an
     ``obs`` column) makes the panel supervised: the decoder also predicts the label with
     cross-entropy, and the loss is ``(1 - label_weight) · MSE + label_weight · CE``
-    (``label_weight`` 1: labels only). ``refine`` runs an exact swap search on the
-    training rows' linear refit error after the concrete autoencoder (unsupervised runs
-    with the linear decoder; see :func:`genepanel.selectors.swap_refine`).
+    (``label_weight`` 1: labels only; default 0.5). ``refine`` runs an exact swap search
+    on the training rows' linear refit error after the concrete autoencoder (linear
+    decoder only; see :func:`genepanel.selectors.swap_refine`); a supervised run's
+    search also counts the labels (:func:`genepanel.selectors.supervised_target`) and
+    needs ``label_weight`` below 1.
     """
 
     k: int = 50
@@ -124,7 +126,7 @@ class SelectConfig:
     exclude: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
     labels: str | None = None
-    label_weight: float = 1.0
+    label_weight: float = 0.5
     refine: bool = True
     input: InputConfig = field(default_factory=InputConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -94,7 +94,8 @@ def greedy_css(
     k
         Panel size.
     allowed
-        ``[d]`` bool: genes that may be added (default: all).
+        ``[d]`` bool: genes that may be added (default: all). A shorter mask leaves
+        the columns past its end as targets only (see :func:`supervised_target`).
     include
         Genes taken first, in this order (they count towards ``k``).
     """
@@ -102,7 +103,7 @@ def greedy_css(
     if not 1 <= k <= d:
         msg = f"k must be between 1 and the number of genes ({d}), got {k}"
         raise UsageError(msg)
-    ok = np.ones(d, bool) if allowed is None else np.asarray(allowed, bool).copy()
+    ok = _allowed_mask(allowed, d)
     f = _gram_column_norms(xc)
     g = np.einsum("ij,ij->j", xc, xc)
     tol = COLLINEAR_TOL * max(float(g.max(initial=0.0)), 1e-300)
@@ -186,7 +187,7 @@ def swap_alternatives(
     """
     p = [int(x) for x in panel]
     d = xc.shape[1]
-    ok = np.ones(d, bool) if allowed is None else np.asarray(allowed, bool)
+    ok = _allowed_mask(allowed, d)
     r, f, g = _residual(xc, p)
     tol_g = COLLINEAR_TOL * max(float(np.einsum("ij,ij->j", xc, xc).max()), 1e-300)
     score, _, _, _, aa = _swap_scores(xc, p, r, f, g, ok, tol_g)
@@ -248,7 +249,8 @@ def swap_refine(
     panel
         Starting genes (distinct).
     allowed
-        ``[d]`` bool: genes that may enter the panel (default: all).
+        ``[d]`` bool: genes that may enter the panel (default: all). A shorter mask
+        leaves the columns past its end as targets only.
     fixed
         Genes that never leave the panel (``--include``).
     max_swaps
@@ -264,7 +266,7 @@ def swap_refine(
         msg = "swap_refine needs a panel of distinct genes"
         raise UsageError(msg)
     d = xc.shape[1]
-    ok = np.ones(d, bool) if allowed is None else np.asarray(allowed, bool).copy()
+    ok = _allowed_mask(allowed, d)
     movable = np.array([g not in {int(x) for x in fixed} for g in p])
     max_swaps = 10 * k if max_swaps is None else max_swaps
     tol_g = COLLINEAR_TOL * max(float(np.einsum("ij,ij->j", xc, xc).max()), 1e-300)
@@ -316,6 +318,131 @@ def swap_refine(
                       converged=converged, history=tuple(history))
 
 
+# --------------------------------------------------------------------------- supervised
+
+
+def supervised_target(xc: np.ndarray, codes: np.ndarray, weight: float) -> np.ndarray:
+    """The refit objective of a supervised panel as one matrix: genes, then labels.
+
+    Returns ``T = [√((1−w)/‖X‖²)·X, √(w/‖Y‖²)·Y]`` (``[n, d + c]``, Fortran float64)
+    for the centred training genes ``X`` and the centred one-hot labels ``Y`` (``c``
+    classes; rows coded ``-1`` are unlabelled and get a zero label row before centring).
+    The refit error of ``T`` from a panel ``P`` of the first ``d`` columns is then
+
+        ``(1 − w) · ‖X − P X‖²/‖X‖² + w · ‖Y − P Y‖²/‖Y‖²``,
+
+    the share of gene variance the panel leaves unexplained and the share of label
+    variance a least-squares (linear discriminant) classifier on the panel leaves
+    unexplained, weighted like the training loss ``(1 − w)·MSE + w·cross-entropy``. So
+    :func:`greedy_css` and :func:`swap_refine` on ``T``, with only the first ``d``
+    columns allowed to enter, optimise it unchanged.
+    """
+    if not 0.0 <= weight < 1.0:
+        msg = f"the supervised refit objective needs a label weight in [0, 1), got {weight}"
+        raise UsageError(msg)
+    codes = np.asarray(codes)
+    n_cls = int(codes.max(initial=-1)) + 1
+    y = np.zeros((len(codes), max(n_cls, 1)))
+    lab = codes >= 0
+    y[np.flatnonzero(lab), codes[lab]] = 1.0
+    y -= y.mean(axis=0)
+    sx = float(np.einsum("ij,ij->", xc, xc))
+    sy = float(np.einsum("ij,ij->", y, y))
+    gx = np.sqrt((1.0 - weight) / sx) if sx > 0 else 0.0
+    gy = np.sqrt(weight / sy) if sy > 0 else 0.0
+    return np.asfortranarray(np.hstack([gx * np.asarray(xc, np.float64), gy * y]))
+
+
+SUPERVISED_OBJECTIVE = ("(1 − w) · share of training gene variance the panel's refit leaves "
+                        "unexplained + w · share of one-hot label variance a least-squares "
+                        "classifier on the panel leaves unexplained (w = --label-weight)")
+
+
+def supervised_refit(cfg: Any) -> tuple[float | None, str]:
+    """(label weight of the refinement's objective or None if unsupervised, reason if none).
+
+    A supervised run (``cfg.labels``) is refined on :func:`supervised_target` with
+    ``w = cfg.label_weight``; with ``w = 1`` the objective has no gene term, so the
+    reason says why no refinement runs.
+    """
+    if getattr(cfg, "labels", None) is None:
+        return None, ""
+    if cfg.label_weight >= 1.0:
+        return None, ("label weight 1 (labels only): the swap search needs the gene "
+                      "reconstruction term; use --label-weight below 1 to refine")
+    return float(cfg.label_weight), ""
+
+
+def refit_matrix(ds: Dataset, label_weight: float | None = None) -> np.ndarray:
+    """The matrix whose refit error the swap refinement lowers (cached on ``ds``).
+
+    Unsupervised (``label_weight`` None): the centred training rows. Supervised: the
+    :func:`supervised_target` of the same rows and their label codes, whose columns
+    after the ``d`` genes are targets only (they never enter a panel).
+    """
+    if label_weight is None or ds.label_codes is None:
+        return ds.train_centred()
+    key = ("supervised_target", float(label_weight))
+    if key not in ds.cache:
+        codes = ds.label_codes[ds.train_sample_rows()]
+        ds.cache[key] = supervised_target(ds.train_centred(), codes, label_weight)
+    return ds.cache[key]
+
+
+def label_head(ds: Dataset, panel: Sequence[int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression from the panel to the labels, on the training rows.
+
+    Returns ``(kernel [k, n_classes], bias [n_classes])`` on the preprocessed panel
+    values: the label outputs of a refined supervised panel's saved decoder (the trained
+    decoder read the autoencoder's panel). Fitted on standardised panel values (L2,
+    ``C = 1``, scikit-learn's default) with the scaling folded into the weights; a class
+    absent from the training rows gets a bias of -30.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    rows = ds.train_sample_rows()
+    codes = ds.label_codes[rows]
+    lab = codes >= 0
+    xs = np.asarray(ds.train_matrix(), np.float64)[np.ix_(lab, np.asarray(panel))]
+    mu, sd = xs.mean(axis=0), xs.std(axis=0)
+    sd[sd == 0] = 1.0
+    kernel = np.zeros((len(panel), n_classes))
+    bias = np.full(n_classes, -30.0)
+    present = np.unique(codes[lab])
+    if len(present) < 2:
+        bias[present] = 0.0
+        return kernel.astype(np.float32), bias.astype(np.float32)
+    clf = LogisticRegression(max_iter=5000).fit((xs - mu) / sd, codes[lab])
+    w = clf.coef_ if len(present) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
+    b = clf.intercept_ if len(present) > 2 else np.r_[-clf.intercept_, clf.intercept_] / 2
+    kernel[:, present] = (w / sd).T
+    bias[present] = b - (w / sd) @ mu
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def with_label_head(params: dict, ds: Dataset, panel: Sequence[int]) -> dict:
+    """A refit linear decoder's ``params`` plus :func:`label_head` outputs (supervised runs).
+
+    Unchanged when ``ds`` has no training labels.
+    """
+    if not len(ds.classes or ()):
+        return params
+    kern, bias = label_head(ds, panel, len(ds.classes))
+    out = params["out"]
+    return {"out": {"kernel": np.hstack([np.asarray(out["kernel"]), kern]),
+                    "bias": np.r_[np.asarray(out["bias"]), bias]}}
+
+
+def _allowed_mask(allowed: np.ndarray | None, d: int) -> np.ndarray:
+    """``allowed`` as a ``[d]`` mask; columns past its length are targets only (False)."""
+    if allowed is None:
+        return np.ones(d, bool)
+    ok = np.zeros(d, bool)
+    a = np.asarray(allowed, bool)
+    ok[: len(a)] = a
+    return ok
+
+
 # --------------------------------------------------------------------------- simple ranks
 
 
@@ -345,27 +472,32 @@ Selector = Callable[..., tuple[np.ndarray, str]]
 
 
 def greedy_panel(
-    ds: Dataset, k: int, allowed: np.ndarray | None = None, include: Sequence[int] = ()
+    ds: Dataset, k: int, allowed: np.ndarray | None = None, include: Sequence[int] = (),
+    label_weight: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """:func:`greedy_css` on the dataset's training rows, cached on ``ds``: (panel, seconds).
 
-    Greedy selection is nested (its first ``k`` genes are its panel of size ``k``), so a
-    cached larger run with the same constraints is sliced; its time is reported.
+    With ``label_weight``, on the supervised objective (:func:`refit_matrix`). Greedy
+    selection is nested (its first ``k`` genes are its panel of size ``k``), so a cached
+    larger run with the same constraints and objective is sliced; its time is reported.
     """
     import time
 
     base = (None if allowed is None else np.packbits(allowed).tobytes(),
-            tuple(int(i) for i in include))
+            tuple(int(i) for i in include), label_weight)
     key = ("greedy", k, *base)
     if key not in ds.cache:
-        longer = [c for c in ds.cache if isinstance(c, tuple) and len(c) == 4
+        longer = [c for c in ds.cache if isinstance(c, tuple) and len(c) == 5
                   and c[0] == "greedy" and c[2:] == base and c[1] > k]
         if longer:
             idx, seconds = ds.cache[min(longer, key=lambda c: c[1])]
             ds.cache[key] = (idx[:k], seconds)
         else:
             t = time.perf_counter()
-            idx = greedy_css(ds.train_centred(), k, allowed=allowed, include=include)
+            if allowed is None and label_weight is not None:
+                allowed = np.ones(ds.n_genes, bool)
+            idx = greedy_css(refit_matrix(ds, label_weight), k, allowed=allowed,
+                             include=include)
             ds.cache[key] = (idx, time.perf_counter() - t)
     return ds.cache[key]
 

@@ -150,6 +150,12 @@ def test_supervised_panel_predicts_labels(tmp_path):
     proba = model.predict_labels(xs)
     assert proba.shape == (len(test), 2)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    # The default label weight (0.5) refines the panel on genes and labels; the saved
+    # decoder then predicts the labels with a logistic regression on the final panel.
+    assert res.run["refinement"]["enabled"]
+    known = label[test] != None  # noqa: E711 (object array)
+    hits = np.array(model.label_classes)[proba.argmax(1)] == label[test]
+    assert hits[known].mean() > 0.85
     assert model.predict(xs).shape == (len(test), len(genes))
     with pytest.raises(Exception, match="state"):
         select_panel(ed, cfg.replace(labels="nope"), evaluate_baselines=False)

@@ -10,6 +10,7 @@ from genepanel.selectors import (
     centred,
     greedy_css,
     refit_objective,
+    supervised_target,
     swap_alternatives,
     swap_refine,
     topvar_panel,
@@ -118,3 +119,42 @@ def test_topvar_panel():
     x = np.column_stack([np.arange(10.0) * s for s in (1, 5, 2, 4)])
     assert topvar_panel(x, 2).tolist() == [1, 3]
     assert topvar_panel(x, 2, allowed=np.array([True, False, True, True])).tolist() == [2, 3]
+
+
+def _lstsq_rss(design_cols, target):
+    design = np.column_stack([np.ones(len(target)), design_cols])
+    resid = target - design @ np.linalg.lstsq(design, target, rcond=None)[0]
+    return float(np.sum(resid**2))
+
+
+def test_supervised_target_is_the_weighted_share_of_unexplained_variance():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 9)) + 2.0
+    codes = rng.integers(0, 3, size=30)
+    codes[4] = -1  # unlabelled row: a zero label row
+    onehot = np.zeros((30, 3))
+    onehot[np.flatnonzero(codes >= 0), codes[codes >= 0]] = 1.0
+    w, panel = 0.3, [2, 5, 7]
+    t = supervised_target(centred(x), codes, w)
+    assert t.shape == (30, 12)
+    want = ((1 - w) * _lstsq_rss(x[:, panel], x) / np.sum((x - x.mean(0)) ** 2)
+            + w * _lstsq_rss(x[:, panel], onehot) / np.sum((onehot - onehot.mean(0)) ** 2))
+    assert refit_objective(t, panel) == pytest.approx(want, rel=1e-9)
+    with pytest.raises(UsageError):
+        supervised_target(centred(x), codes, 1.0)
+
+
+def test_supervised_search_never_picks_a_label_column_and_uses_the_labels():
+    # Gene 0 carries the labels but little variance; genes 1.. carry the variance.
+    rng = np.random.default_rng(4)
+    codes = np.repeat([0, 1], 30)
+    x = rng.normal(size=(60, 8)) * 3.0
+    x[:, 0] = 0.2 * codes + 0.02 * rng.normal(size=60)
+    t = supervised_target(centred(x), codes, 0.5)
+    allowed = np.ones(8, bool)  # shorter than t's 10 columns: the labels are targets only
+    g = greedy_css(t, 2, allowed=allowed)
+    assert g.max() < 8 and 0 in g.tolist()
+    assert 0 not in greedy_css(centred(x), 2).tolist()  # without labels it is not chosen
+    s = swap_refine(t, [1, 2], allowed=allowed)
+    assert s.panel.max() < 8 and 0 in s.panel.tolist()
+    assert s.objective_end <= s.objective_start
