@@ -21,7 +21,8 @@ rows and on its test rows. Rules compared:
 The best baseline is read from the committed ``results/quality/<name>_k<k>.json``.
 Prints a Markdown table; ``--out`` also writes it to a file::
 
-    python benchmarks/refine_choice.py --rows pbmc_scaled:25,flu:25 --out /tmp/t.md
+    python benchmarks/refine_choice.py --rows pbmc_scaled:25,flu:25 --json /tmp/r.jsonl
+    python benchmarks/refine_choice.py --table-from /tmp/r.jsonl   # reprint, no rerun
 """
 
 from __future__ import annotations
@@ -89,6 +90,13 @@ def run_row(name: str, k: int) -> dict:
     }
 
 
+def outcome(mse: float, best: float) -> str:
+    """win / tie (within 1e-6 relative: e.g. the greedy panel against greedy) / loss."""
+    if abs(mse / best - 1) <= 1e-6:
+        return "tie"
+    return "win" if mse < best else "loss"
+
+
 def fmt_row(r: dict, c: dict) -> str:
     t = r["test"]
     lo = min(t.values())
@@ -99,8 +107,7 @@ def fmt_row(r: dict, c: dict) -> str:
 
     def pick(rule: str) -> str:
         m = r[rule]
-        win = "win" if t[m] < c["best_mse"] else "loss"
-        return f"{m} {t[m]:.5g} ({win})"
+        return f"{m} {t[m]:.5g} ({outcome(t[m], c['best_mse'])})"
 
     match = abs(t["cae"] / c["mse"]["cae_unrefined"] - 1) < 1e-4 and \
         abs(t[r["current"]] / c["mse"]["cae"] - 1) < 1e-4
@@ -123,8 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", default=DEFAULT_ROWS, help="name:k,name:k,...")
     ap.add_argument("--out", type=Path, help="also append the table rows to this file")
     ap.add_argument("--json", type=Path, help="append each row's record (JSON lines)")
+    ap.add_argument("--table-from", type=Path,
+                    help="only reprint the table from records written with --json")
     args = ap.parse_args(argv)
     print(HEADER, flush=True)
+    if args.table_from is not None:
+        for line in args.table_from.read_text().splitlines():
+            r = json.loads(line)
+            print(fmt_row(r, committed(r["name"], r["k"])))
+        return
     for item in [s for s in args.rows.split(",") if s]:
         name, k = item.split(":")
         r = run_row(name, int(k))
