@@ -146,12 +146,9 @@ def write_report() -> str:
                         f"{', '.join(f'{v:.5f}' for v in b)}).")
     lines += ["", "## MLP-decoder panel against greedy, under the MLP refit", "", *verdicts]
     text = "\n".join(lines) + "\n"
-    notes = ""
-    if OUT.exists() and "<!-- notes -->" in OUT.read_text():
-        notes = "\n<!-- notes -->" + OUT.read_text().split("<!-- notes -->", 1)[1]
-    tmp = OUT.with_suffix(".md.tmp")
-    tmp.write_text(text + notes)
-    tmp.replace(OUT)
+    from quality import write_keeping_notes
+
+    write_keeping_notes(OUT, text)
     return text
 
 

@@ -63,6 +63,18 @@ NAMES = {"pbmc_raw": "pbmc68k_reduced .raw (log-normalised)",
          "myoblast": "myoblast HSMM (FPKM<1e-3→0, log1p)"}
 
 
+
+NOTES_MARK = "<!-- notes -->"
+
+
+def write_keeping_notes(path: Path, text: str) -> None:
+    """Write a generated report atomically, keeping the hand-written part below NOTES_MARK."""
+    old = path.read_text() if path.exists() else ""
+    notes = "\n" + NOTES_MARK + old.split(NOTES_MARK, 1)[1] if NOTES_MARK in old else ""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text + notes)
+    tmp.replace(path)
+
 def load(name: str):
     """(ExpressionData, config changes, labels column or None) for a data set name."""
     from genepanel.io import ExpressionData, read_matrix, read_npz
@@ -393,9 +405,7 @@ def write_report() -> str:
                   f"{'converged' if v['swap_converged'] else 'not converged'}); peak "
                   f"resident memory of the process {v['peak_rss_gib']:.1f} GiB."]
     text = "\n".join(lines) + "\n"
-    notes = OUT.read_text().split("<!-- notes -->", 1)[1] if OUT.exists() and \
-        "<!-- notes -->" in OUT.read_text() else ""
-    OUT.write_text(text + ("\n<!-- notes -->" + notes if notes else ""))
+    write_keeping_notes(OUT, text)
     return text
 
 

@@ -224,12 +224,9 @@ def write_report() -> str:
             lines += ["", "Ours with `--labels` against each other panel, seed by seed: "
                       + "; ".join(wins) + ".", ""]
     text = "\n".join(lines) + "\n"
-    notes = ""
-    if OUT.exists() and "<!-- notes -->" in OUT.read_text():
-        notes = "\n<!-- notes -->" + OUT.read_text().split("<!-- notes -->", 1)[1]
-    tmp = OUT.with_suffix(".md.tmp")
-    tmp.write_text(text + notes)
-    tmp.replace(OUT)
+    from quality import write_keeping_notes
+
+    write_keeping_notes(OUT, text)
     return text
 
 
