@@ -98,7 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     restarts: int = 1
     prefilter: int = 2000
-    sharpen: float = 0.0
+    sharpen: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -380,7 +380,7 @@ OPTION_HELP: dict[str, str] = {
     "train.checkpoint_every": "epochs between checkpoints (0: only on interruption)",
     "train.restarts": "train from seeds seed, seed+1, ...; keep the lowest validation error",
     "train.prefilter": "choose among the max(N, 10 k) highest-variance genes (0: all genes)",
-    "train.sharpen": "entropy penalty per node once T <= 10 TB (0: off; try 0.01)",
+    "train.sharpen": "entropy penalty per node once T <= 10 TB (0: off)",
 }
 
 

@@ -1,4 +1,4 @@
-"""The opt-in sharpening penalty (``train.sharpen``): planted modules of near-identical genes."""
+"""The sharpening penalty (``train.sharpen``, on by default): planted modules of near-identical genes."""
 
 from __future__ import annotations
 

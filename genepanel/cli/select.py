@@ -62,7 +62,7 @@ def select(
     restarts: int | None = typer.Option(None, help=f"Train from N seeds, keep the best, report agreement. (default: {_D.train.restarts})"),
     checkpoint_every: int | None = typer.Option(None, help=f"Checkpoint every N epochs (0: never). (default: {_D.train.checkpoint_every})"),
     prefilter: int | None = typer.Option(None, help=f"The selector chooses among the max(N, 10 k) genes of highest training variance (0: all genes; the decoder always reconstructs all). (default: {_D.train.prefilter})"),
-    sharpen: float | None = typer.Option(None, help=f"Entropy penalty on each node's selection from T <= 10 TB on, so nodes split among near-identical genes settle (0: off; 0.01 converged planted modules). (default: {_D.train.sharpen:g})"),
+    sharpen: float | None = typer.Option(None, help=f"Entropy penalty on each node's selection from T <= 10 TB on, so nodes split among near-identical genes settle (0: off). (default: {_D.train.sharpen:g})"),
     retry: bool | None = typer.Option(
         None, "--retry/--no-retry", metavar="", help=f"Restart with doubled epochs when not converged. (default: {'retry' if _D.train.retry_unconverged else 'no-retry'})"
     ),
