@@ -135,7 +135,7 @@ def test_supervised_target_is_the_weighted_share_of_unexplained_variance():
     onehot = np.zeros((30, 3))
     onehot[np.flatnonzero(codes >= 0), codes[codes >= 0]] = 1.0
     w, panel = 0.3, [2, 5, 7]
-    t = supervised_target(centred(x), codes, w)
+    t = supervised_target(centred(x), codes, w, ridge=None)  # the unregularised form
     assert t.shape == (30, 12)
     want = ((1 - w) * _lstsq_rss(x[:, panel], x) / np.sum((x - x.mean(0)) ** 2)
             + w * _lstsq_rss(x[:, panel], onehot) / np.sum((onehot - onehot.mean(0)) ** 2))
