@@ -332,8 +332,9 @@ def refine_panel(
     it shares with the autoencoder's panel keep their node; the others fill the
     remaining nodes) and a record for ``run.json``. Refinement runs with the linear
     decoder only (an MLP panel was not trained for a linear refit); a supervised panel
-    is refined on :func:`~genepanel.selectors.supervised_target`'s objective (the
-    least-squares analogue of its training loss), not on the gene refit error alone.
+    is refined on :func:`~genepanel.selectors.supervised_target`'s objective (a
+    ridge-regularised, class-balanced least-squares analogue of its training loss), not
+    on the gene refit error alone.
     """
     if not cfg.refine:
         return cae, {"enabled": False, "reason": "turned off (--no-refine)"}
