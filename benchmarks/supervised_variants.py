@@ -16,12 +16,20 @@ Variants are greedy selection + exact swap search on
 - ``whiten``: the one-hot matrix whitened (``Y (YᵀY)^{-1/2}``), so the label term is one
   minus the mean squared canonical correlation of panel and classes (Pillai's trace,
   an LDA criterion: between-class variance relative to total, every class direction
-  counting equally).
+  counting equally);
+- prefix ``z-``: z-scored genes; prefix ``r<alpha>-``: z-scored genes and a ridge
+  penalty ``alpha · n`` (``√λ·I`` rows appended), e.g. ``r3-whiten:0.5``, the objective
+  ``genepanel.selectors.supervised_target`` now builds by default;
+- suffix ``:gm``: the swap search also starts from the markers (lower objective kept).
 
 References: rank_genes_groups markers pooled round-robin (as ``supervised.py``), HVG,
 top-variance.
 
-    python benchmarks/supervised_variants.py --seeds 0,1,2 --ks 25,50
+    python benchmarks/supervised_variants.py --seeds 0,1,2,3,4 --ks 25,50 --folds 3 \
+        --variants onehot:0.5,whiten:0.5,r1-whiten:0.5,r3-whiten:0.5 --out screen.json
+
+The four screens behind ``supervised.md``'s notes are stored in
+``results/supervised_variants/screen{1,2,3,4}.json``.
 """
 
 from __future__ import annotations
@@ -117,12 +125,12 @@ def main(argv=None):
     ap.add_argument("--out", default="/tmp/supervised_variants.json")
     args = ap.parse_args(argv)
     from sklearn.model_selection import StratifiedKFold
+    from supervised import LABELS, load, marker_panel
 
     from genepanel.config import SelectConfig
     from genepanel.dataset import Dataset
     from genepanel.evaluate import hvg_panel
     from genepanel.selectors import centred, topvar_panel
-    from supervised import LABELS, load, marker_panel
 
     data = load()
     y_all = data.obs[LABELS].to_numpy()

@@ -222,3 +222,27 @@ def test_ridge_supervised_panel_measures_every_class_marker():
         panels[ridge] = swap_refine(t, greedy_css(t, 4, allowed=allowed), allowed=allowed).panel
     assert {0, 1, 2} <= set(panels[3.0].tolist())
     assert 2 not in panels[None].tolist()
+
+
+def test_refit_matrix_is_the_ridge_target_up_to_the_gene_cap(monkeypatch):
+    import pandas as pd
+
+    from genepanel import selectors
+    from genepanel.config import SelectConfig
+    from genepanel.dataset import Dataset
+    from genepanel.io import ExpressionData
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(60, 10)).astype(np.float32)
+    obs = pd.DataFrame({"t": rng.choice(["a", "b", "c"], 60)},
+                       index=[f"c{i}" for i in range(60)])
+    data = ExpressionData(x, [f"g{j}" for j in range(10)], obs, "tiny")
+    ds = Dataset.build(data, SelectConfig(k=3, seed=0, labels="t"))
+    n = len(ds.train_sample_rows())
+    assert selectors.refit_matrix(ds, 0.5).shape == (n + 10, 10 + 2)  # ridge rows, whitened
+    assert "ridge" in selectors.supervised_objective(ds)
+    assert selectors.refit_matrix(ds, None).shape == (n, 10)  # unsupervised: unchanged
+    monkeypatch.setattr(selectors, "RIDGE_MAX_GENES", 9)
+    ds2 = Dataset.build(data, SelectConfig(k=3, seed=0, labels="t"))
+    assert selectors.refit_matrix(ds2, 0.5).shape == (n, 10 + 3)  # unregularised one-hot
+    assert "unregularised" in selectors.supervised_objective(ds2)
