@@ -355,14 +355,15 @@ def supervised_target(
     """The refit objective of a supervised panel as one matrix: genes, then labels.
 
     Default (``ridge = α``): with ``Z`` the z-scored training genes (``n`` rows, ``d``
-    genes), ``Yw`` the whitened centred one-hot labels (``c − 1`` columns; rows coded
-    ``-1`` are unlabelled and get a zero label row before centring) and ``λ = α n``,
+    genes), ``Yw`` the whitened centred one-hot labels (``c`` classes give ``c − 1``
+    columns, ``c`` when some rows are unlabelled: rows coded ``-1`` get a zero label
+    row before centring) and ``λ = α n``,
 
         ``T = [[a·Z, b·Yw], [a·√λ·I_d, 0]]``, ``a = √((1−w)/(‖Z‖² + λd))``, ``b = √(w/‖Yw‖²)``
 
-    (``[n + d, d + c − 1]``, Fortran float64). The ``√λ·I`` rows turn the least-squares
-    refit from a panel ``P`` of the first ``d`` columns into a ridge regression
-    (``Z_PᵀZ_P + λI``), so the refit error of ``T`` is
+    (``[n + d, d + c − 1]`` when every row is labelled; Fortran float64). The ``√λ·I``
+    rows turn the least-squares refit from a panel ``P`` of the first ``d`` columns into
+    a ridge regression (``Z_PᵀZ_P + λI``), so the refit error of ``T`` is
 
         ``(1 − w) · ridge share of z-scored gene variance left unexplained``
         ``+ w · (1 − mean squared ridge canonical correlation of panel and classes)``,
