@@ -36,11 +36,11 @@ from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
 from genepanel.selectors import (
-    SUPERVISED_OBJECTIVE,
     Selected,
     greedy_panel,
     refit_matrix,
     run_selector,
+    supervised_objective,
     supervised_refit,
     swap_alternatives,
     swap_refine,
@@ -332,8 +332,9 @@ def refine_panel(
     it shares with the autoencoder's panel keep their node; the others fill the
     remaining nodes) and a record for ``run.json``. Refinement runs with the linear
     decoder only (an MLP panel was not trained for a linear refit); a supervised panel
-    is refined on :func:`~genepanel.selectors.supervised_target`'s objective (the
-    least-squares analogue of its training loss), not on the gene refit error alone.
+    is refined on :func:`~genepanel.selectors.supervised_target`'s objective (a
+    ridge-regularised, class-balanced least-squares analogue of its training loss), not
+    on the gene refit error alone.
     """
     if not cfg.refine:
         return cae, {"enabled": False, "reason": "turned off (--no-refine)"}
@@ -367,7 +368,7 @@ def refine_panel(
                   "swap per round until none improves), from the autoencoder's panel and "
                   "from the greedy panel; the lower training error is kept, ties within "
                   f"{TIE_RTOL:g} go to the greedy start",
-        "objective": "training refit MSE" if weight is None else SUPERVISED_OBJECTIVE,
+        "objective": "training refit MSE" if weight is None else supervised_objective(ds),
         "kept_start": kept,
         "genes_replaced": len(changed),
         "train_rows": int(xc.shape[0]),

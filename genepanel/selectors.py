@@ -321,41 +321,105 @@ def swap_refine(
 # --------------------------------------------------------------------------- supervised
 
 
-def supervised_target(xc: np.ndarray, codes: np.ndarray, weight: float) -> np.ndarray:
-    """The refit objective of a supervised panel as one matrix: genes, then labels.
+#: Ridge penalty of the supervised refit objective, as a multiple of the training rows
+#: ``n`` (each z-scored gene has ``‖z‖² = n``): chosen on training rows only, by nested
+#: cross-validation (``benchmarks/supervised_variants.py``; see ``supervised.md``).
+RIDGE_ALPHA = 3.0
+#: Above this many genes the ridge target (``n + d`` rows) is not built; the refinement
+#: then uses the unregularised objective (``ridge=None``) and ``run.json`` says so.
+RIDGE_MAX_GENES = 3000
 
-    Returns ``T = [√((1−w)/‖X‖²)·X, √(w/‖Y‖²)·Y]`` (``[n, d + c]``, Fortran float64)
-    for the centred training genes ``X`` and the centred one-hot labels ``Y`` (``c``
-    classes; rows coded ``-1`` are unlabelled and get a zero label row before centring).
-    The refit error of ``T`` from a panel ``P`` of the first ``d`` columns is then
 
-        ``(1 − w) · ‖X − P X‖²/‖X‖² + w · ‖Y − P Y‖²/‖Y‖²``,
+def _label_matrix(codes: np.ndarray, *, whiten: bool) -> np.ndarray:
+    """Centred one-hot labels (unlabelled rows ``-1``: zero before centring).
 
-    the share of gene variance the panel leaves unexplained and the share of label
-    variance a least-squares (linear discriminant) classifier on the panel leaves
-    unexplained, weighted like the training loss ``(1 − w)·MSE + w·cross-entropy``. So
-    :func:`greedy_css` and :func:`swap_refine` on ``T``, with only the first ``d``
-    columns allowed to enter, optimise it unchanged.
+    With ``whiten``, ``Y (YᵀY)^{-1/2}`` on its non-null space (every class direction
+    counts 1).
     """
-    if not 0.0 <= weight < 1.0:
-        msg = f"the supervised refit objective needs a label weight in [0, 1), got {weight}"
-        raise UsageError(msg)
     codes = np.asarray(codes)
     n_cls = int(codes.max(initial=-1)) + 1
     y = np.zeros((len(codes), max(n_cls, 1)))
     lab = codes >= 0
     y[np.flatnonzero(lab), codes[lab]] = 1.0
     y -= y.mean(axis=0)
-    sx = float(np.einsum("ij,ij->", xc, xc))
+    if whiten:
+        lam, v = np.linalg.eigh(y.T @ y)
+        keep = lam > 1e-9 * max(float(lam.max(initial=0.0)), 1e-300)
+        y = y @ (v[:, keep] / np.sqrt(lam[keep]))
+    return y
+
+
+def supervised_target(
+    xc: np.ndarray, codes: np.ndarray, weight: float, ridge: float | None = RIDGE_ALPHA
+) -> np.ndarray:
+    """The refit objective of a supervised panel as one matrix: genes, then labels.
+
+    Default (``ridge = α``): with ``Z`` the z-scored training genes (``n`` rows, ``d``
+    genes), ``Yw`` the whitened centred one-hot labels (``c`` classes give ``c − 1``
+    columns, ``c`` when some rows are unlabelled: rows coded ``-1`` get a zero label
+    row before centring) and ``λ = α n``,
+
+        ``T = [[a·Z, b·Yw], [a·√λ·I_d, 0]]``, ``a = √((1−w)/(‖Z‖² + λd))``, ``b = √(w/‖Yw‖²)``
+
+    (``[n + d, d + c − 1]`` when every row is labelled; Fortran float64). The ``√λ·I``
+    rows turn the least-squares refit from a panel ``P`` of the first ``d`` columns into
+    a ridge regression (``Z_PᵀZ_P + λI``), so the refit error of ``T`` is
+
+        ``(1 − w) · ridge share of z-scored gene variance left unexplained``
+        ``+ w · (1 − mean squared ridge canonical correlation of panel and classes)``,
+
+    the label term an LDA-like criterion (between-class variance of the panel relative
+    to its total, every class direction counting equally, not by class size) shrunk so
+    that genes with a strong class signal of their own are preferred to combinations
+    that separate the training rows only jointly. ``ridge=None``: the unregularised
+    objective of earlier versions, ``T = [√((1−w)/‖X‖²)·X, √(w/‖Y‖²)·Y]`` on the centred
+    genes ``X`` and one-hot ``Y``. Either way :func:`greedy_css` and
+    :func:`swap_refine` on ``T``, with only the first ``d`` columns allowed to enter,
+    optimise it unchanged.
+    """
+    if not 0.0 <= weight < 1.0:
+        msg = f"the supervised refit objective needs a label weight in [0, 1), got {weight}"
+        raise UsageError(msg)
+    x = np.asarray(xc, np.float64)
+    y = _label_matrix(codes, whiten=ridge is not None)
+    if ridge is None:
+        sx = float(np.einsum("ij,ij->", x, x))
+    else:
+        n, d = x.shape
+        sd = x.std(axis=0)
+        sd[sd <= 0] = 1.0
+        lam = float(ridge) * n
+        x = np.vstack([x / sd, np.sqrt(lam) * np.eye(d)])
+        y = np.vstack([y, np.zeros((d, y.shape[1]))])
+        sx = float(np.einsum("ij,ij->", x, x))
     sy = float(np.einsum("ij,ij->", y, y))
     gx = np.sqrt((1.0 - weight) / sx) if sx > 0 else 0.0
     gy = np.sqrt(weight / sy) if sy > 0 else 0.0
-    return np.asfortranarray(np.hstack([gx * np.asarray(xc, np.float64), gy * y]))
+    return np.asfortranarray(np.hstack([gx * x, gy * y]))
 
 
 SUPERVISED_OBJECTIVE = ("(1 − w) · share of training gene variance the panel's refit leaves "
                         "unexplained + w · share of one-hot label variance a least-squares "
                         "classifier on the panel leaves unexplained (w = --label-weight)")
+SUPERVISED_OBJECTIVE_RIDGE = (
+    "(1 − w) · share of z-scored training gene variance a ridge refit from the panel leaves "
+    "unexplained + w · (1 − mean squared ridge canonical correlation of the panel and the "
+    "classes, i.e. whitened one-hot labels); ridge penalty {alpha:g} × training rows "
+    "(w = --label-weight)")
+
+
+def supervised_ridge(ds: Dataset) -> float | None:
+    """The ridge penalty factor of ``ds``'s supervised objective (None: unregularised)."""
+    return RIDGE_ALPHA if ds.n_genes <= RIDGE_MAX_GENES else None
+
+
+def supervised_objective(ds: Dataset) -> str:
+    """What :func:`refit_matrix` optimises for a supervised run on ``ds``, in words."""
+    ridge = supervised_ridge(ds)
+    if ridge is None:
+        return (f"{SUPERVISED_OBJECTIVE} (unregularised: more than {RIDGE_MAX_GENES} genes, "
+                "the ridge target is not built)")
+    return SUPERVISED_OBJECTIVE_RIDGE.format(alpha=ridge)
 
 
 def supervised_refit(cfg: Any) -> tuple[float | None, str]:
@@ -378,14 +442,16 @@ def refit_matrix(ds: Dataset, label_weight: float | None = None) -> np.ndarray:
 
     Unsupervised (``label_weight`` None): the centred training rows. Supervised: the
     :func:`supervised_target` of the same rows and their label codes, whose columns
-    after the ``d`` genes are targets only (they never enter a panel).
+    after the ``d`` genes are targets only (they never enter a panel); ridge-regularised
+    (:func:`supervised_ridge`) up to :data:`RIDGE_MAX_GENES` genes.
     """
     if label_weight is None or ds.label_codes is None:
         return ds.train_centred()
-    key = ("supervised_target", float(label_weight))
+    ridge = supervised_ridge(ds)
+    key = ("supervised_target", float(label_weight), ridge)
     if key not in ds.cache:
         codes = ds.label_codes[ds.train_sample_rows()]
-        ds.cache[key] = supervised_target(ds.train_centred(), codes, label_weight)
+        ds.cache[key] = supervised_target(ds.train_centred(), codes, label_weight, ridge)
     return ds.cache[key]
 
 

@@ -153,6 +153,7 @@ def test_supervised_panel_predicts_labels(tmp_path):
     # The default label weight (0.5) refines the panel on genes and labels; the saved
     # decoder then predicts the labels with a logistic regression on the final panel.
     assert res.run["refinement"]["enabled"]
+    assert "ridge" in res.run["refinement"]["objective"]  # few genes: the ridge objective
     known = label[test] != None  # noqa: E711 (object array)
     hits = np.array(model.label_classes)[proba.argmax(1)] == label[test]
     assert hits[known].mean() > 0.85

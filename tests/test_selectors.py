@@ -135,7 +135,7 @@ def test_supervised_target_is_the_weighted_share_of_unexplained_variance():
     onehot = np.zeros((30, 3))
     onehot[np.flatnonzero(codes >= 0), codes[codes >= 0]] = 1.0
     w, panel = 0.3, [2, 5, 7]
-    t = supervised_target(centred(x), codes, w)
+    t = supervised_target(centred(x), codes, w, ridge=None)  # the unregularised form
     assert t.shape == (30, 12)
     want = ((1 - w) * _lstsq_rss(x[:, panel], x) / np.sum((x - x.mean(0)) ** 2)
             + w * _lstsq_rss(x[:, panel], onehot) / np.sum((onehot - onehot.mean(0)) ** 2))
@@ -158,3 +158,91 @@ def test_supervised_search_never_picks_a_label_column_and_uses_the_labels():
     s = swap_refine(t, [1, 2], allowed=allowed)
     assert s.panel.max() < 8 and 0 in s.panel.tolist()
     assert s.objective_end <= s.objective_start
+
+
+def _ridge_rss(zp, target_cols, lam, in_panel, genes):
+    """Σ over target columns of min_b ‖t − Z_P b‖² + λ‖b − e‖² (genes, ``e``: the column's
+    own panel indicator) or + λ‖b‖² (labels): the closed form of the ridge refits."""
+    m = zp.T @ zp + lam * np.eye(zp.shape[1])
+    total = 0.0
+    for j in range(target_cols.shape[1]):
+        t = target_cols[:, j]
+        e = in_panel[:, j]
+        b = zp.T @ t + lam * e
+        total += t @ t + lam * genes - b @ np.linalg.solve(m, b)
+    return total
+
+
+def test_ridge_supervised_target_is_ridge_gene_share_plus_canonical_label_share():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 7)) * np.arange(1, 8) + 1.0
+    codes = rng.integers(0, 4, size=40)
+    w, panel, alpha = 0.4, [1, 4, 6], 3.0
+    z = (x - x.mean(0)) / x.std(0)
+    lam = alpha * 40
+    zp = z[:, panel]
+    t = supervised_target(centred(x), codes, w, ridge=alpha)
+    assert t.shape == (40 + 7, 7 + 3)  # ridge rows; 4 classes whiten to 3 directions
+    own = np.zeros((3, 7))
+    own[np.arange(3), panel] = 1.0
+    gene = _ridge_rss(zp, z, lam, own, True) / (np.sum(z**2) + lam * 7)
+    onehot = np.eye(4)[codes] - np.eye(4)[codes].mean(0)
+    u, s, _ = np.linalg.svd(onehot, full_matrices=False)
+    yw = u[:, s > 1e-9]  # whitened labels: an orthonormal basis of the class space
+    label = _ridge_rss(zp, yw, lam, np.zeros((3, 3)), False) / 3
+    assert refit_objective(t, panel) == pytest.approx((1 - w) * gene + w * label, rel=1e-9)
+    # Without the penalty the label share is 1 − mean squared canonical correlation.
+    t0 = supervised_target(centred(x), codes, 0.999, ridge=0.0)
+    q, _ = np.linalg.qr(zp - zp.mean(0))
+    rho2 = np.linalg.svd(q.T @ yw, compute_uv=False) ** 2
+    gene0 = _ridge_rss(zp, z, 0.0, own, True) / np.sum(z**2)
+    want0 = 0.001 * gene0 + 0.999 * (1 - rho2.sum() / 3)
+    assert refit_objective(t0, panel) == pytest.approx(want0, rel=1e-9)
+
+
+def test_ridge_supervised_panel_measures_every_class_marker():
+    """Three low-variance genes each mark one class (the last 10 of 200 cells); three
+    label-free high-variance modules. The default (ridge, whitened) objective's swap
+    optimum of 4 genes measures all three markers; the unregularised one-hot objective
+    spends its genes on the modules and misses the rarest class's marker."""
+    rng = np.random.default_rng(0)
+    codes = np.repeat(np.arange(4), [120, 40, 30, 10])
+    n = len(codes)
+    x = np.empty((n, 26))
+    for j, c in enumerate((1, 2, 3)):
+        x[:, j] = 0.3 * (codes == c) + 0.1 * rng.normal(size=n)
+    for m in range(3):
+        f = 3.0 * rng.normal(size=n)
+        x[:, 3 + 7 * m : 10 + 7 * m] = f[:, None] + rng.normal(size=(n, 7))
+    x[:, 24:] = 2.0 * rng.normal(size=(n, 2))
+    allowed = np.ones(26, bool)
+    panels = {}
+    for ridge in (3.0, None):
+        t = supervised_target(centred(x), codes, 0.5, ridge=ridge)
+        panels[ridge] = swap_refine(t, greedy_css(t, 4, allowed=allowed), allowed=allowed).panel
+    assert {0, 1, 2} <= set(panels[3.0].tolist())
+    assert 2 not in panels[None].tolist()
+
+
+def test_refit_matrix_is_the_ridge_target_up_to_the_gene_cap(monkeypatch):
+    import pandas as pd
+
+    from genepanel import selectors
+    from genepanel.config import SelectConfig
+    from genepanel.dataset import Dataset
+    from genepanel.io import ExpressionData
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(60, 10)).astype(np.float32)
+    obs = pd.DataFrame({"t": rng.choice(["a", "b", "c"], 60)},
+                       index=[f"c{i}" for i in range(60)])
+    data = ExpressionData(x, [f"g{j}" for j in range(10)], obs, "tiny")
+    ds = Dataset.build(data, SelectConfig(k=3, seed=0, labels="t"))
+    n = len(ds.train_sample_rows())
+    assert selectors.refit_matrix(ds, 0.5).shape == (n + 10, 10 + 2)  # ridge rows, whitened
+    assert "ridge" in selectors.supervised_objective(ds)
+    assert selectors.refit_matrix(ds, None).shape == (n, 10)  # unsupervised: unchanged
+    monkeypatch.setattr(selectors, "RIDGE_MAX_GENES", 9)
+    ds2 = Dataset.build(data, SelectConfig(k=3, seed=0, labels="t"))
+    assert selectors.refit_matrix(ds2, 0.5).shape == (n, 10 + 3)  # unregularised one-hot
+    assert "unregularised" in selectors.supervised_objective(ds2)
