@@ -1,4 +1,4 @@
-"""The sharpening penalty (``train.sharpen``, on by default): planted modules of near-identical genes."""
+"""The sharpening penalty (``train.sharpen``, on by default): modules of near-identical genes."""
 
 from __future__ import annotations
 
