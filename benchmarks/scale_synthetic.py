@@ -11,6 +11,11 @@ linear-refit test MSE of both panels.
     PYTHONPATH=$PWD python benchmarks/scale_synthetic.py /tmp/syn.h5ad --k 200
 
 ``--max-steps`` caps the run (a step-time measurement, reported as not converged).
+``--log`` prints one line per epoch (steps, temperature, mean max probability, epoch
+seconds, process CPU seconds so far, peak RSS so far), flushed, so that a long run's
+progress can be followed and a killed run still says how far it got. The record's
+``cpu_s`` is the process CPU time (user + sys, all threads), the comparable cost when
+the cores are shared.
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ import time
 import numpy as np
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
@@ -31,6 +45,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="stop after about this many steps")
     ap.add_argument("--set", default="", help="extra config changes: key=value;key=value")
     ap.add_argument("--json", help="append the record to this file")
+    ap.add_argument("--log", action="store_true", help="print one line per epoch")
     args = ap.parse_args()
 
     import h5py
@@ -59,8 +74,23 @@ def main() -> None:
     from genepanel.train import Interrupted
 
     t = time.perf_counter()
+    steps_done = [0]
+
+    def log(rec: dict) -> None:
+        if "epoch" not in rec:
+            return
+        n_train = round(data.shape[0] * cfg.split.train)
+        spe = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1)
+        steps_done[0] = rec["epoch"] * spe
+        print(f"epoch {rec['epoch']}/{rec['epochs']} steps {steps_done[0]} "
+              f"T {rec['temperature']:.4g} mean_max_prob {rec['mean_max_prob']:.4f} "
+              f"collisions {rec['collisions']} epoch_s {rec['seconds']:.1f} "
+              f"wall_s {time.perf_counter() - t0:.0f} cpu_s {_cpu_s():.0f} "
+              f"peak_rss_gib {_peak_gib():.2f}", flush=True)
+
     try:
-        res = select_panel(data, cfg, evaluate_baselines=False, stop_after_epochs=stop_after)
+        res = select_panel(data, cfg, evaluate_baselines=False, stop_after_epochs=stop_after,
+                           on_epoch=log if args.log else None)
     except Interrupted:
         secs = time.perf_counter() - t
         print(f"stopped after {stop_after or 'a signal at'} epochs ({secs:.0f} s); "
@@ -79,14 +109,15 @@ def main() -> None:
     def covered(p: np.ndarray) -> int:
         return len(set(module[p][module[p] >= 0].tolist()))
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = _peak_gib()
     rec = {"shape": list(data.shape), "k": args.k, "converged": tr["converged"],
            "reassigned": tr["reassigned_at_extraction"], "steps": steps,
            "train_s": res.timings["train"], "total_s": wall, "peak_rss_gib": peak,
            "ms_per_step": 1e3 * res.fit.seconds / max(steps, 1),
            "modules": n_modules, "cae_modules": covered(cae), "topvar_modules": covered(top),
            "cae_mse": mse["cae"], "topvar_mse": mse["topvar"], "path": tr["data_placement"],
-           "batch_size": tr["batch_size"], "candidates": tr["candidate_genes"]}
+           "batch_size": tr["batch_size"], "candidates": tr["candidate_genes"],
+           "cpu_s": _cpu_s(), "set": args.set}
     print("| cells × genes | k | converged | steps | ms/step | train s | total s | peak RSS GiB "
           "| modules hit: CAE | top-variance | of | test MSE: CAE | top-variance |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
