@@ -306,6 +306,18 @@ def dense_rows(
     return out
 
 
+#: Bytes one block of evaluation rows may take as float64 (``[rows, d]``): the passes
+#: over every training/test row read, preprocess and predict one block at a time, and
+#: each keeps a few arrays of this size alive, so on 30,000 genes 2,048-row blocks
+#: (0.5 GB each) would add over 1 GB to the peak.
+BLOCK_BYTES = 64 * 2**20
+
+
+def block_rows(d: int, batch: int = 2048) -> int:
+    """Rows per evaluation block on ``d`` genes: ``batch``, fewer when the block is large."""
+    return max(16, min(batch, BLOCK_BYTES // (8 * max(d, 1))))
+
+
 def sample_rows(rows: np.ndarray, max_rows: int | None, seed: int, stream: int) -> np.ndarray:
     """At most ``max_rows`` of ``rows``: all of them, or a sorted random subset.
 

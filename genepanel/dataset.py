@@ -21,6 +21,7 @@ from genepanel.config import SelectConfig
 from genepanel.data import (
     Preprocessor,
     Split,
+    block_rows,
     dense_rows,
     label_codes,
     make_split,
@@ -156,8 +157,10 @@ class Dataset:
         """``(data rows, dense preprocessed rows)`` of ``part`` in blocks of ``batch`` rows.
 
         From memory when the part is held dense (:meth:`matrix`), else read and
-        preprocessed block by block (a sparse matrix is never densified whole).
+        preprocessed block by block (a sparse matrix is never densified whole). On many
+        genes a block has fewer rows (:func:`~genepanel.data.block_rows`).
         """
+        batch = block_rows(self.n_genes, batch)
         source = getattr(self, part)
         x = self._dense(part)
         for i in range(0, source.n, batch):

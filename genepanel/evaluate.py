@@ -21,7 +21,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from genepanel.data import Preprocessor, sample_rows
+from genepanel.data import Preprocessor, block_rows, sample_rows
 from genepanel.io import ExpressionData
 
 
@@ -42,6 +42,7 @@ class LinearFit:
 
 
 def _batches(data: ExpressionData, pre: Preprocessor, rows: np.ndarray, batch: int):
+    batch = block_rows(data.shape[1], batch)
     for i in range(0, len(rows), batch):
         yield pre.transform(data.rows(rows[i : i + batch]))
 

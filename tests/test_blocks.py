@@ -1,0 +1,37 @@
+"""Evaluation passes read rows in blocks whose size is bounded in bytes, not only in rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from genepanel.config import SelectConfig
+from genepanel.data import BLOCK_BYTES, block_rows
+from genepanel.dataset import Dataset
+from genepanel.evaluate import fit_linear, linear_test_mse
+from genepanel.io import ExpressionData
+
+
+def test_block_rows_bounds_the_bytes_of_a_block():
+    assert block_rows(765) == 2048  # narrow data: the row count decides
+    assert block_rows(30_000) * 30_000 * 8 <= BLOCK_BYTES  # 279 rows, not 2,048
+    assert block_rows(10**9) == 16  # never fewer than 16 rows
+    assert block_rows(100, batch=64) == 64
+
+
+def test_wide_blocks_are_smaller_and_give_the_same_fit(monkeypatch):
+    from genepanel import data as data_mod
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 40)).astype(np.float32)
+    data = ExpressionData(x, [f"g{j}" for j in range(40)], pd.DataFrame(index=range(300)), "w")
+    ds = Dataset.build(data, SelectConfig(k=3, seed=0))
+    panels = {"p": np.array([1, 5, 9])}
+    train, test = ds.split.train, ds.split.test
+    ref = linear_test_mse(data, ds.pre, test, fit_linear(data, ds.pre, train, panels))["p"]
+    # As if the 40 genes were wide: 8 · 40 · 20 bytes allow blocks of 20 rows.
+    monkeypatch.setattr(data_mod, "BLOCK_BYTES", 8 * 40 * 20)
+    assert {len(rows) for rows, _ in ds.blocks("train")} <= {20, len(train) % 20}
+    small = linear_test_mse(data, ds.pre, test, fit_linear(data, ds.pre, train, panels))["p"]
+    # the refit's predictions are float32, so another block split moves the sum at 1e-7
+    np.testing.assert_allclose(small, ref, rtol=1e-5)
