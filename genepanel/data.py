@@ -199,9 +199,11 @@ class Preprocessor:
         """Per-gene mean and variance ``[d]`` (float64) of the per-sample-normalised ``rows``.
 
         Only the row-wise part of the preprocessing (normalise + log1p) is applied, never
-        the per-gene z-score; read in batches of ``batch_size`` rows.
+        the per-gene z-score; read in batches of ``batch_size`` rows (fewer on many genes,
+        :func:`block_rows`).
         """
         d = data.shape[1]
+        batch_size = block_rows(d, batch_size)
         s1 = np.zeros(d, np.float64)
         s2 = np.zeros(d, np.float64)
         for i in range(0, len(rows), batch_size):

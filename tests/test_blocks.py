@@ -35,3 +35,24 @@ def test_wide_blocks_are_smaller_and_give_the_same_fit(monkeypatch):
     small = linear_test_mse(data, ds.pre, test, fit_linear(data, ds.pre, train, panels))["p"]
     # the refit's predictions are float32, so another block split moves the sum at 1e-7
     np.testing.assert_allclose(small, ref, rtol=1e-5)
+
+
+def test_gene_moments_read_in_small_blocks_are_the_same(monkeypatch):
+    from genepanel import data as data_mod
+    from genepanel.data import Preprocessor
+
+    rng = np.random.default_rng(1)
+    x = rng.poisson(2.0, size=(500, 30)).astype(np.float32)
+    data = ExpressionData(x, [f"g{j}" for j in range(30)], pd.DataFrame(index=range(500)), "c")
+    pre = Preprocessor(kind="log1p").fit(data, np.arange(500))
+    ref = pre.row_moments(data, np.arange(500))
+    monkeypatch.setattr(data_mod, "BLOCK_BYTES", 8 * 30 * 16)  # 16-row blocks
+    sizes = []
+    read = data.rows
+    monkeypatch.setattr(data, "rows", lambda idx: sizes.append(len(idx)) or read(idx))
+    small = pre.row_moments(data, np.arange(500))
+    assert max(sizes) == 16  # was one 500-row read (4,096-row batches)
+    np.testing.assert_allclose(small[0], ref[0], rtol=1e-12)  # float64 sums of float32 rows
+    np.testing.assert_allclose(small[1], ref[1], rtol=1e-9, atol=1e-12)
+    want = np.log1p(x / x.sum(1, keepdims=True) * pre.target_sum).astype(np.float64)
+    np.testing.assert_allclose(small[1], want.var(0), rtol=1e-5)  # float32 transform
