@@ -284,35 +284,6 @@ def init_state(
     return TrainState(params=params, opt_state=tx.init(params), step=jnp.int32(0), keys=keys)
 
 
-def reconstruction_loss(
-    params: Any,
-    xb: jax.Array,
-    temp: jax.Array,
-    key: jax.Array,
-    *,
-    model: ConcreteAutoencoder,
-    n_genes: int,
-    columns: np.ndarray | None = None,
-    outputs: np.ndarray | None = None,
-    n_labels: int = 0,
-    label_weight: float = 1.0,
-    sharpen: float = 0.0,
-    tb: float = 0.01,
-) -> jax.Array:
-    """Training loss of one minibatch ``xb`` ``[b, d]`` with soft selection at ``temp``.
-
-    ``columns``: the candidate columns the selector reads (None: all); ``outputs``: the
-    non-constant columns the decoder predicts (None: all); the last ``n_labels`` of the
-    ``d`` columns are one-hot labels scored by cross-entropy, weighted ``label_weight``.
-    ``sharpen`` > 0 adds :func:`sharpen_penalty` late in the anneal (final temperature ``tb``).
-    """
-    loss = _data_loss(params, xb, temp, key, model=model, n_genes=n_genes, columns=columns,
-                      outputs=outputs, n_labels=n_labels, label_weight=label_weight)
-    if not sharpen:
-        return loss
-    return loss + sharpen_penalty(params["selector"]["logits"], temp, sharpen, tb)
-
-
 #: The sharpening penalty acts once the temperature is at most this many times TB (with
 #: the default T0/TB = 1000, the last third of the anneal).
 SHARPEN_FROM = 10.0
@@ -338,7 +309,7 @@ def sharpen_penalty(logits: jax.Array, temp: jax.Array, weight: float, tb: float
     return weight * on * jnp.sum(entropy)
 
 
-def _data_loss(
+def reconstruction_loss(
     params: Any,
     xb: jax.Array,
     temp: jax.Array,
@@ -346,11 +317,17 @@ def _data_loss(
     *,
     model: ConcreteAutoencoder,
     n_genes: int,
-    columns: np.ndarray | None,
-    outputs: np.ndarray | None,
-    n_labels: int,
-    label_weight: float,
+    columns: np.ndarray | None = None,
+    outputs: np.ndarray | None = None,
+    n_labels: int = 0,
+    label_weight: float = 1.0,
 ) -> jax.Array:
+    """Training loss of one minibatch ``xb`` ``[b, d]`` with soft selection at ``temp``.
+
+    ``columns``: the candidate columns the selector reads (None: all); ``outputs``: the
+    non-constant columns the decoder predicts (None: all); the last ``n_labels`` of the
+    ``d`` columns are one-hot labels scored by cross-entropy, weighted ``label_weight``.
+    """
     xs = xb if columns is None else xb[:, columns]
     recon = model.apply({"params": params}, xs, temp, key)
     if outputs is None and not n_labels:
@@ -373,6 +350,18 @@ def _data_loss(
 
 
 LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def with_sharpening(loss_fn: LossFn, weight: float, tb: float) -> LossFn:
+    """``loss_fn`` plus :func:`sharpen_penalty` (final temperature ``tb``); as is when 0."""
+    if not weight:
+        return loss_fn
+
+    def loss(params: Any, xb: jax.Array, temp: jax.Array, key: jax.Array) -> jax.Array:
+        penalty = sharpen_penalty(params["selector"]["logits"], temp, weight, tb)
+        return loss_fn(params, xb, temp, key) + penalty
+
+    return loss
 
 
 def train_step(
@@ -534,11 +523,10 @@ class Trainer:
         self.tx = optax.adam(cfg.learning_rate)
         self.n_devices = mesh.devices.size
         self._rep, self._bsh = replicated(mesh), batch_sharded(mesh)
-        self.loss_fn: LossFn = functools.partial(
+        self.loss_fn: LossFn = with_sharpening(functools.partial(
             reconstruction_loss, model=self.model, n_genes=self.n_genes, columns=self.columns,
             outputs=self.outputs, n_labels=n_labels, label_weight=label_weight,
-            sharpen=cfg.sharpen, tb=cfg.tb,
-        )
+        ), cfg.sharpen, cfg.tb)
         self._compile()
 
     def _compile(self) -> None:
