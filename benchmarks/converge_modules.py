@@ -51,11 +51,10 @@ def main() -> None:
         return
 
     import anndata as ad
+    from scale_synthetic import cae_and_topvar
 
     from genepanel.api import load_input, select_panel
     from genepanel.config import SelectConfig
-    from genepanel.evaluate import fit_linear, linear_test_mse
-    from genepanel.prefilter import gene_variance
 
     changes: dict = {"refine": False}
     for item in filter(None, args.set.split(";")):
@@ -78,12 +77,7 @@ def main() -> None:
     tr = res.run["training"]
     hist = res.fit.history
     steps = tr["epochs_run"] * tr["steps_per_epoch"]
-    pre, split = res.model.pre, res.split
-    var = gene_variance(data, pre, split.train, seed=cfg.seed)
-    top = np.sort(np.argsort(-var, kind="stable")[: args.k])
-    cae = np.sort(res.panel.indices)
-    mse = linear_test_mse(data, pre, split.test,
-                          fit_linear(data, pre, split.train, {"cae": cae, "topvar": top}))
+    cae, top, mse = cae_and_topvar(data, res, args.k, cfg.seed)
 
     def covered(p: np.ndarray) -> int | None:
         if module is None:

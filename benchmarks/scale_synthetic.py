@@ -37,6 +37,21 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cae_and_topvar(data, res, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The run's panel, the ``k`` top-variance genes of its training rows, and the
+    held-out linear-refit MSE of both (fit on the training rows, one pass each way)."""
+    from genepanel.evaluate import fit_linear, linear_test_mse
+    from genepanel.prefilter import gene_variance
+
+    pre, split = res.model.pre, res.split
+    var = gene_variance(data, pre, split.train, seed=seed)
+    top = np.sort(np.argsort(-var, kind="stable")[:k])
+    cae = np.sort(res.panel.indices)
+    mse = linear_test_mse(data, pre, split.test,
+                          fit_linear(data, pre, split.train, {"cae": cae, "topvar": top}))
+    return cae, top, mse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
@@ -52,8 +67,6 @@ def main() -> None:
 
     from genepanel.api import load_input, select_panel
     from genepanel.config import SelectConfig
-    from genepanel.evaluate import fit_linear, linear_test_mse
-    from genepanel.prefilter import gene_variance
     from genepanel.train import effective_batch_size
 
     changes = {"input.stream": "yes"}
@@ -99,12 +112,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     tr = res.run["training"]
     steps = tr["epochs_run"] * tr["steps_per_epoch"]
-    pre, split = res.model.pre, res.split
-    var = gene_variance(data, pre, split.train, seed=cfg.seed)
-    top = np.sort(np.argsort(-var, kind="stable")[: args.k])
-    cae = np.sort(res.panel.indices)
-    mse = linear_test_mse(data, pre, split.test,
-                          fit_linear(data, pre, split.train, {"cae": cae, "topvar": top}))
+    cae, top, mse = cae_and_topvar(data, res, args.k, cfg.seed)
 
     def covered(p: np.ndarray) -> int:
         return len(set(module[p][module[p] >= 0].tolist()))
