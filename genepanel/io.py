@@ -98,13 +98,32 @@ class BackedMatrix:
 
             self._ds = sparse_dataset(obj)
             self.is_sparse = True
+            # Row ranges are read straight from the three arrays: through anndata, each
+            # read of a few rows cost ~5 ms of overhead (a 128-row minibatch in 16-row
+            # blocks: 46 ms, against 5 ms this way). indptr is 8 bytes a row in memory.
+            self._indptr = np.asarray(obj["indptr"][:], dtype=np.int64)
+            self._data, self._indices = obj["data"], obj["indices"]
         self.shape: tuple[int, int] = tuple(int(v) for v in self._ds.shape)  # type: ignore[assignment]
         self.dtype = np.dtype(self._ds.dtype)
 
+    def _range(self, lo: int, hi: int) -> np.ndarray | sp.csr_matrix:
+        """Rows ``lo:hi`` as stored."""
+        if not self.is_sparse:
+            return self._ds[lo:hi]
+        a, b = int(self._indptr[lo]), int(self._indptr[hi])
+        return sp.csr_matrix(
+            (self._data[a:b], self._indices[a:b], self._indptr[lo : hi + 1] - a),
+            shape=(hi - lo, self.shape[1]),
+        )
+
     def __getitem__(self, idx: Any) -> np.ndarray | sp.csr_matrix:
-        """Rows ``idx`` (an integer array or a slice) as float32."""
+        """Rows ``idx`` (an integer array or a slice of step 1) as float32."""
         if isinstance(idx, slice):
-            return self._cast(self._ds[idx])
+            lo, hi, step = idx.indices(self.shape[0])
+            if step != 1:
+                msg = "BackedMatrix reads slices of step 1 only"
+                raise ValueError(msg)
+            return self._cast(self._range(lo, max(lo, hi)))
         idx = np.asarray(idx, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         srt = idx[order]
@@ -115,7 +134,7 @@ class BackedMatrix:
         for run in np.split(srt, cuts):
             if len(run):
                 lo, hi = int(run[0]), int(run[-1]) + 1
-                block = self._ds[lo:hi]
+                block = self._range(lo, hi)
                 blocks.append(block if hi - lo == len(run) else block[run - lo])
         if self.is_sparse:
             empty = sp.csr_matrix((0, self.shape[1]))

@@ -182,6 +182,7 @@ def test_hvg_baseline_same_for_sparse_and_dense():
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
 def test_streamed_rows_equal_loaded_rows(tmp_path, sparse):
     x = _counts(300, 20)
+    x[7] = 0.0  # a row with no stored entries
     a = ad.AnnData(sp.csr_matrix(x) if sparse else x)
     a.var_names = [f"g{i}" for i in range(20)]
     a.write_h5ad(tmp_path / "a.h5ad", compression="gzip")
@@ -194,6 +195,11 @@ def test_streamed_rows_equal_loaded_rows(tmp_path, sparse):
     if sparse:
         got, want = got.toarray(), want.toarray()
     np.testing.assert_array_equal(got, want)
+    # Whole ranges (the evaluation passes), past the end, and empty; an all-zero row.
+    for sl in (slice(0, 300), slice(290, 400), slice(5, 5), slice(7, 8)):
+        got, want = streamed.X[sl], x[sl]
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.toarray() if sparse else got, want)
 
 
 def test_streamed_input_trains_from_disk(tmp_path):
