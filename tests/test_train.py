@@ -14,7 +14,7 @@ import pytest
 from genepanel.api import select_panel
 from genepanel.config import SelectConfig
 from genepanel.io import ExpressionData
-from genepanel.train import resolve_collisions
+from genepanel.train import exclude_held_genes, resolve_collisions
 from tests.conftest import ROOT, planted
 
 FAST = {"train.learning_rate": 0.01, "train.batch_size": 32, "train.max_epochs": 150}
@@ -118,12 +118,29 @@ def test_resolve_pushes_less_confident_duplicate_away():
     logits[1, 2] = 3.0  # less confident, also gene 2, next best gene 4
     logits[1, 4] = 2.0
     logits[2, 0] = 4.0
-    new, n = resolve_collisions(logits, np.float32(0.2))
+    new, n = resolve_collisions(logits, np.float32(0.2), np.bool_(False))
     new = np.asarray(new)
     assert int(n) == 1
     assert new[1].argmax() == 4
     np.testing.assert_array_equal(new[0], logits[0])
     np.testing.assert_array_equal(new[2], logits[2])
+
+
+def test_late_push_steers_the_node_off_genes_other_nodes_hold():
+    # Node 2 collides with node 0 on gene 0; its next best gene (1) is node 1's, the one
+    # after that (5) is free. Early in the anneal the push leaves it on gene 1 (a
+    # collision again at the next check); in the sharpening phase it lands on gene 5.
+    logits = np.full((3, 6), -5.0, np.float32)
+    logits[0, 0], logits[1, 1] = 6.0, 6.0
+    logits[2, 0], logits[2, 1], logits[2, 5] = 4.0, 3.0, 2.0
+    early, n_early = resolve_collisions(logits, np.float32(0.2), np.bool_(False))
+    late, n_late = resolve_collisions(logits, np.float32(0.2), np.bool_(True))
+    assert int(n_early) == int(n_late) == 1
+    assert np.asarray(early)[2].argmax() == 1
+    assert np.asarray(late)[2].argmax() == 5
+    for new in (early, late):  # the nodes that were not pushed keep their logits
+        np.testing.assert_array_equal(np.asarray(new)[:2], logits[:2])
+    assert exclude_held_genes(0.1, 0.01) and not exclude_held_genes(0.11, 0.01)
 
 
 DEVICE_SCRIPT = textwrap.dedent(
