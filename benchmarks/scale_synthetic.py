@@ -82,7 +82,8 @@ def main() -> None:
     stop_after = None
     if args.max_steps:
         n_train = round(data.shape[0] * cfg.split.train)
-        steps_per_epoch = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1)
+        steps_per_epoch = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1,
+                                                          data.shape[1])
         stop_after = max(1, args.max_steps // max(steps_per_epoch, 1))
     from genepanel.train import Interrupted
 
@@ -93,7 +94,8 @@ def main() -> None:
         if "epoch" not in rec:
             return
         n_train = round(data.shape[0] * cfg.split.train)
-        spe = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1)
+        spe = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1,
+                                              data.shape[1])
         steps_done[0] = rec["epoch"] * spe
         print(f"epoch {rec['epoch']}/{rec['epochs']} steps {steps_done[0]} "
               f"T {rec['temperature']:.4g} mean_max_prob {rec['mean_max_prob']:.4f} "
@@ -125,7 +127,7 @@ def main() -> None:
            "modules": n_modules, "cae_modules": covered(cae), "topvar_modules": covered(top),
            "cae_mse": mse["cae"], "topvar_mse": mse["topvar"], "path": tr["data_placement"],
            "batch_size": tr["batch_size"], "candidates": tr["candidate_genes"],
-           "cpu_s": _cpu_s(), "set": args.set}
+           "cpu_s": _cpu_s(), "set": args.set, "panel": cae.tolist()}
     print("| cells × genes | k | converged | steps | ms/step | train s | total s | peak RSS GiB "
           "| modules hit: CAE | top-variance | of | test MSE: CAE | top-variance |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

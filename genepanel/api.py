@@ -462,7 +462,7 @@ def _select_one(
     timings["refine"] = refinement.get("seconds", 0.0)
 
     t = time.perf_counter()
-    chunk = eval_chunk(ds.test.n, tr.trainer.n_devices)
+    chunk = eval_chunk(ds.test.n, tr.trainer.n_devices, tr.trainer.d)
     test_eval = tr.trainer.evaluate(result.params, ds.test, tr.panel.indices, chunk)
     panels: dict[str, np.ndarray] = {"cae": panel.indices}
     if refined:

@@ -71,7 +71,8 @@ class TrainConfig:
     (T0 10, TB 0.01), with Adam. ``E`` is both the annealing length and the epoch cap:
     ``max_epochs`` when given (the paper's setting is 300), otherwise the number of
     epochs that makes ``anneal_steps`` optimiser steps. ``batch_size`` defaults to
-    ``min(256, max(16, n_train // 16))``. These defaults (learning rate 1e-2, 20,000
+    ``min(256, max(16, n_train // 16))``, with 128 for 256 above 10,000 reconstructed
+    genes. These defaults (learning rate 1e-2, 20,000
     steps) replace the paper's 1e-3 and 300 epochs, under which no run of
     ``benchmarks/convergence.md`` converged. Training stops early once the mean over
     nodes of the per-node maximum selection probability exceeds ``stop_threshold``. With
@@ -368,7 +369,7 @@ OPTION_HELP: dict[str, str] = {
     "model.hidden": "mlp: hidden layer sizes, e.g. [256, 128]",
     "train.max_epochs": "epoch cap and E in T(e) = T0 (TB/T0)^(e/E); null: anneal_steps worth",
     "train.anneal_steps": "annealing length in optimiser steps when max_epochs is null",
-    "train.batch_size": "null: min(256, max(16, n_train // 16))",
+    "train.batch_size": "null: min(256, max(16, n_train // 16)); 128 for 256 over 10k genes",
     "train.learning_rate": "Adam step size",
     "train.t0": "starting temperature",
     "train.tb": "final temperature",

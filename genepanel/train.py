@@ -32,7 +32,7 @@ from jax.sharding import Mesh, Sharding
 
 from genepanel.config import TrainConfig
 from genepanel.constraints import MASKED_LOGIT
-from genepanel.data import Preprocessor
+from genepanel.data import Preprocessor, block_rows
 from genepanel.errors import DataError, GenepanelError
 from genepanel.io import ExpressionData, atomic_write
 from genepanel.model import ConcreteAutoencoder
@@ -704,15 +704,34 @@ def epoch_order(n: int, rng: np.random.Generator, block: int = 1) -> np.ndarray:
     return np.concatenate([np.arange(s, min(s + block, n)) for s in starts])
 
 
-def eval_chunk(n: int, n_devices: int, cap: int = 2048) -> int:
-    """Rows per evaluation call: at most ``cap``, a multiple of the device count."""
-    c = min(cap, max(n, 1))
+def eval_chunk(n: int, n_devices: int, d: int = 0, cap: int = 2048) -> int:
+    """Rows per evaluation call on ``d`` columns, a multiple of the device count.
+
+    At most ``cap``; fewer on many columns (:func:`~genepanel.data.block_rows`: 279 rows
+    at 30,000 genes), since each call holds a few ``[rows, d]`` float32 arrays.
+    """
+    c = min(block_rows(d, cap), max(n, 1))
     return ((c + n_devices - 1) // n_devices) * n_devices
 
 
-def default_batch_size(n_train: int) -> int:
-    """``min(256, max(16, n_train // 16))``: at least 16 minibatches per epoch when small."""
-    return min(256, max(16, n_train // 16))
+#: Above this many reconstructed genes the default minibatch is at most
+#: :data:`WIDE_BATCH` rows (see :func:`default_batch_size`).
+WIDE_GENES = 10_000
+WIDE_BATCH = 128
+
+
+def default_batch_size(n_train: int, n_out: int = 0) -> int:
+    """``min(256, max(16, n_train // 16))``: at least 16 minibatches per epoch when small.
+
+    When the decoder reconstructs more than :data:`WIDE_GENES` genes (``n_out``) the cap
+    is :data:`WIDE_BATCH`: there the decoder's ``6 · batch · k · d`` FLOPs dominate a
+    step, so on a CPU the step time is nearly proportional to the batch, while the
+    annealing is counted in steps (100,000 × 30,000 streamed, k = 200: 0.47 CPU-s a step
+    at 256, 0.27 at 128; on 5,000 × 5,000 planted modules batch 128 found 47 of 50
+    modules, the default 225 46; ``benchmarks/scale.md``).
+    """
+    cap = WIDE_BATCH if n_out > WIDE_GENES else 256
+    return min(cap, max(16, n_train // 16))
 
 
 def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -722,14 +741,17 @@ def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return max(1, -(-cfg.anneal_steps // steps_per_epoch))
 
 
-def effective_batch_size(requested: int | None, n_train: int, n_devices: int) -> int:
+def effective_batch_size(
+    requested: int | None, n_train: int, n_devices: int, n_out: int = 0
+) -> int:
     """The global minibatch size, a multiple of the device count.
 
-    ``requested`` (default: :func:`default_batch_size`), or all training rows when there
-    are fewer.
+    ``requested`` (default: :func:`default_batch_size` for ``n_out`` reconstructed
+    genes), or all training rows when there are fewer.
     """
     if requested is None:
-        requested = max(n_devices, default_batch_size(n_train) // n_devices * n_devices)
+        requested = max(n_devices,
+                        default_batch_size(n_train, n_out) // n_devices * n_devices)
     if requested <= n_train:
         check_batch_size(requested, n_devices)
         return requested
@@ -820,12 +842,13 @@ class _Plan:
 
 
 def _plan(trainer: Trainer, train: RowSource, val: RowSource | None) -> _Plan:
-    batch = effective_batch_size(trainer.cfg.batch_size, train.n, trainer.n_devices)
+    batch = effective_batch_size(trainer.cfg.batch_size, train.n, trainer.n_devices,
+                                 trainer.n_out - trainer.n_labels)
     on_device = train.dense is not None and jax.process_count() == 1
     return _Plan(
         batch=batch,
         steps=train.n // batch,
-        chunk=eval_chunk(val.n if val is not None else 1, trainer.n_devices),
+        chunk=eval_chunk(val.n if val is not None else 1, trainer.n_devices, trainer.d),
         # Rows on disk are shuffled in contiguous blocks (8 per minibatch) to keep reads long.
         shuffle_block=max(1, batch // 8) if train.data.is_backed else 1,
         X=jax.device_put(train.dense, trainer._rep) if on_device else None,

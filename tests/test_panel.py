@@ -57,6 +57,15 @@ def test_effective_batch_size(requested, n_train, devices, want):
     assert effective_batch_size(requested, n_train, devices) == want
 
 
+def test_default_batch_is_halved_when_the_decoder_is_wide():
+    # Above 10,000 reconstructed genes the decoder dominates a step: the cap is 128.
+    assert effective_batch_size(None, 72_000, 1, 10_000) == 256
+    assert effective_batch_size(None, 72_000, 1, 10_001) == 128
+    assert effective_batch_size(None, 72_000, 4, 30_000) == 128
+    assert effective_batch_size(None, 1_000, 1, 30_000) == 62  # small data: unchanged
+    assert effective_batch_size(200, 72_000, 1, 30_000) == 200  # an explicit size wins
+
+
 def test_batch_size_not_splitting_over_devices_is_refused():
     with pytest.raises(UsageError, match=r"--batch-size 30 does not split evenly over 4 devices"):
         check_batch_size(30, 4)

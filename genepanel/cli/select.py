@@ -49,7 +49,7 @@ def select(
     hidden: str | None = typer.Option(None, help="MLP hidden sizes, e.g. 256,128."),
     epochs: int | None = typer.Option(None, help="Epoch cap and annealing length E. (default: as many epochs as --anneal-steps optimiser steps take)"),
     anneal_steps: int | None = typer.Option(None, help=f"Annealing length in optimiser steps when --epochs is not given. (default: {_D.train.anneal_steps})"),
-    batch_size: int | None = typer.Option(None, help="Global minibatch size. (default: min(256, max(16, n_train/16)))"),
+    batch_size: int | None = typer.Option(None, help="Global minibatch size. (default: min(256, max(16, n_train/16)); at most 128 above 10,000 varying genes)"),
     lr: float | None = typer.Option(None, help=f"Adam learning rate. (default: {_D.train.learning_rate:g})"),
     t0: float | None = typer.Option(None, help=f"Initial temperature. (default: {_D.train.t0:g})"),
     tb: float | None = typer.Option(None, help=f"Final temperature. (default: {_D.train.tb:g})"),
