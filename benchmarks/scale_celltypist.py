@@ -93,7 +93,8 @@ def main() -> None:
         steps = tr["epochs_run"] * tr["steps_per_epoch"]
         ok = tr["converged"] and tr["reassigned_at_extraction"] == 0
         rec = {
-            "k": k, "variant": args.variant, "changes": changes, "converged": ok,
+            "k": k, "genes": data.shape[1], "variant": args.variant, "changes": changes,
+            "converged": ok,
             "stop_rule_fired": tr["converged"], "reassigned": tr["reassigned_at_extraction"],
             "steps": steps, "train_s": res.timings["train"], "total_s": wall, "cpu_s": cpu,
             "ms_per_step": 1e3 * res.fit.seconds / max(steps, 1),

@@ -36,10 +36,18 @@ COLLINEAR_TOL = 1e-10
 # --------------------------------------------------------------------------- objective
 
 
-def centred(x: np.ndarray) -> np.ndarray:
-    """Column-centred float64 copy of ``x`` (Fortran order, for cheap column access)."""
-    x = np.asarray(x, dtype=np.float64)
-    return np.asfortranarray(x - x.mean(axis=0))
+def centred(x: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Column-centred float64 copy of ``x`` (Fortran order, for cheap column access).
+
+    Built ``block`` columns at a time, so the only full-size float64 array is the result
+    (``np.asfortranarray(x64 - x64.mean(0))`` held three); the same numbers.
+    """
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=np.float64, order="F")
+    for j in range(0, x.shape[1], block):
+        xb = np.asarray(x[:, j : j + block], dtype=np.float64)
+        out[:, j : j + block] = xb - xb.mean(axis=0)
+    return out
 
 
 def refit_objective(xc: np.ndarray, panel: Sequence[int]) -> float:

@@ -56,3 +56,16 @@ def test_gene_moments_read_in_small_blocks_are_the_same(monkeypatch):
     np.testing.assert_allclose(small[1], ref[1], rtol=1e-9, atol=1e-12)
     want = np.log1p(x / x.sum(1, keepdims=True) * pre.target_sum).astype(np.float64)
     np.testing.assert_allclose(small[1], want.var(0), rtol=1e-5)  # float32 transform
+
+
+def test_centred_copy_built_in_column_blocks_equals_the_whole_array_formula():
+    from genepanel.selectors import centred
+
+    rng = np.random.default_rng(2)
+    x = (rng.gamma(0.3, 2.0, size=(120, 50)) * (rng.random((120, 50)) < 0.3)).astype(np.float32)
+    got = centred(x, block=7)  # blocks that do not divide the columns
+    x64 = x.astype(np.float64)
+    want = x64 - x64.mean(axis=0)
+    assert got.dtype == np.float64 and got.flags.f_contiguous
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.mean(axis=0), 0.0, atol=1e-12)
