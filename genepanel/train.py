@@ -481,9 +481,10 @@ def exclude_held_genes(temp: float, tb: float) -> bool:
     nearly one-hot and its entropy penalty pulls it onto its current leader, so a node
     pushed off a gene takes its next-best gene within the epoch; when that gene is held
     by another node it collides again at the next check. On 100,000 × 30,000 planted
-    modules (k = 200, 562-step epochs) two nodes collided at every check to the cap
-    this way. Earlier, the Gumbel noise spreads a pushed node's samples, and the rule
-    is left as it was (runs that settle before this phase are unchanged).
+    modules (k = 200, 562-step epochs) two nodes still collided at every check when the
+    run reached its cap; with this rule the same run converged at 15,736 steps
+    (``benchmarks/scale.md``). Earlier in the anneal the rule is left as it was (runs
+    that settle before this phase are unchanged).
     """
     return bool(temp <= SHARPEN_FROM * tb)
 
@@ -726,9 +727,9 @@ def default_batch_size(n_train: int, n_out: int = 0) -> int:
     When the decoder reconstructs more than :data:`WIDE_GENES` genes (``n_out``) the cap
     is :data:`WIDE_BATCH`: there the decoder's ``6 · batch · k · d`` FLOPs dominate a
     step, so on a CPU the step time is nearly proportional to the batch, while the
-    annealing is counted in steps (100,000 × 30,000 streamed, k = 200: 0.47 CPU-s a step
-    at 256, 0.27 at 128; on 5,000 × 5,000 planted modules batch 128 found 47 of 50
-    modules, the default 225 46; ``benchmarks/scale.md``).
+    annealing is counted in steps (100,000 × 30,000 streamed, k = 200, before the faster
+    reads: 0.47 CPU-s a step at 256, 0.27 at 128; on 5,000 × 5,000 planted modules
+    batch 128 found 47 of 50 modules, the default 225 46; ``benchmarks/scale.md``).
     """
     cap = WIDE_BATCH if n_out > WIDE_GENES else 256
     return min(cap, max(16, n_train // 16))
