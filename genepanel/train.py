@@ -464,12 +464,10 @@ def resolve_collisions(
         (pmax[None, :] == pmax[:, None]) & (idx[None, :] < idx[:, None])
     )
     loser = jnp.any(same & stronger, axis=1) & (pmax > threshold)
-    hit = jax.nn.one_hot(top, logits.shape[1], dtype=bool)
-    # Genes held by some node other than the row's own (each row's own argmax is its
-    # own unless another node holds the same gene).
-    held_by = jnp.zeros(logits.shape, jnp.int32).at[idx, top].set(1)
-    held_by_other = (jnp.sum(held_by, axis=0)[None, :] - held_by) > 0
-    drop = hit | (jnp.asarray(exclude_held) & held_by_other)
+    hit = jax.nn.one_hot(top, logits.shape[1], dtype=jnp.int32)  # [k, d]: each node's gene
+    # Genes held by some node other than the row's own.
+    held_by_other = (jnp.sum(hit, axis=0)[None, :] - hit) > 0
+    drop = (hit > 0) | (jnp.asarray(exclude_held) & held_by_other)
     row_min = jnp.min(logits, axis=-1, keepdims=True)
     return jnp.where(drop & loser[:, None], row_min, logits), jnp.sum(loser)
 
