@@ -19,15 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
@@ -51,7 +45,7 @@ def main() -> None:
         return
 
     import anndata as ad
-    from scale_synthetic import cae_and_topvar
+    from scale_synthetic import cae_and_topvar, cpu_s
 
     from genepanel.api import load_input, select_panel
     from genepanel.config import SelectConfig
@@ -71,9 +65,9 @@ def main() -> None:
         a = ad.read_h5ad(args.data, backed="r")
         module = (np.asarray(a.var["module"]) if "module" in a.var.columns else None)
         a.file.close()
-    cpu0, t0 = _cpu_s(), time.perf_counter()
+    cpu0, t0 = cpu_s(), time.perf_counter()
     res = select_panel(data, cfg, evaluate_baselines=False)
-    cpu, wall = _cpu_s() - cpu0, time.perf_counter() - t0
+    cpu, wall = cpu_s() - cpu0, time.perf_counter() - t0
     tr = res.run["training"]
     hist = res.fit.history
     steps = tr["epochs_run"] * tr["steps_per_epoch"]

@@ -58,8 +58,8 @@ PYEOF
 SYN="$OUT/synthetic_100000x30000.h5ad"
 [ -f "$SYN" ] || "$PY" benchmarks/make_synthetic.py "$SYN" --cells 100000 --genes 30000
 # The autoencoder's own panel, as in the CPU run of benchmarks/scale.md: no swap
-# refinement (its exact search is numpy on the host, three n × d × k products per swap
-# round on ~4,500 sampled rows × 30,000 genes; not measured at this size) and
-# --sharpen 0.01; the default batch (256) on a GPU.
-"$PY" benchmarks/scale_synthetic.py "$SYN" --k 200 --log --set 'refine=false;train.sharpen=0.01' \
+# refinement (its exact search is numpy on the host: ≈ 7 s a swap and 5.2 GiB on
+# 4,473 sampled rows × 30,000 genes, benchmarks/refine_cost.py); default options
+# otherwise (batch 128 above 10,000 varying genes, sharpening on).
+"$PY" benchmarks/scale_synthetic.py "$SYN" --k 200 --log --set 'refine=false' \
   --json "$OUT/gpu_scale_synthetic.jsonl" | tee "$OUT/gpu_scale_synthetic.md"

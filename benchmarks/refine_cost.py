@@ -16,19 +16,9 @@ training variance (the cost does not depend on which genes start).
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import numpy as np
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main() -> None:
@@ -38,6 +28,8 @@ def main() -> None:
     ap.add_argument("--preprocess", default="log1p")
     ap.add_argument("--swaps", type=int, default=3, help="swaps of the stopped search")
     args = ap.parse_args()
+
+    from scale_synthetic import cpu_s, peak_gib
 
     from genepanel import selectors
     from genepanel.api import load_input
@@ -49,9 +41,9 @@ def main() -> None:
     rows: list[tuple[str, float, float]] = []
 
     def timed(name: str, fn):
-        t, c = time.perf_counter(), _cpu_s()
+        t, c = time.perf_counter(), cpu_s()
         out = fn()
-        rows.append((name, time.perf_counter() - t, _cpu_s() - c, _peak_gib()))
+        rows.append((name, time.perf_counter() - t, cpu_s() - c, peak_gib()))
         return out
 
     ds = timed("split, preprocessing fit", lambda: Dataset.build(data, cfg))

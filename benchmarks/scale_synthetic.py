@@ -28,12 +28,14 @@ import time
 import numpy as np
 
 
-def _cpu_s() -> float:
+def cpu_s() -> float:
+    """Process CPU seconds so far (user + sys, all threads)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-def _peak_gib() -> float:
+def peak_gib() -> float:
+    """Peak resident memory of the process so far, GiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -79,29 +81,22 @@ def main() -> None:
     with h5py.File(args.data, "r") as f:
         module = np.asarray(f["var"]["module"][:])
     n_modules = int(module.max()) + 1
-    stop_after = None
-    if args.max_steps:
-        n_train = round(data.shape[0] * cfg.split.train)
-        steps_per_epoch = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1,
-                                                          data.shape[1])
-        stop_after = max(1, args.max_steps // max(steps_per_epoch, 1))
+    n_train = round(data.shape[0] * cfg.split.train)
+    steps_per_epoch = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1,
+                                                      data.shape[1])
+    stop_after = max(1, args.max_steps // max(steps_per_epoch, 1)) if args.max_steps else None
     from genepanel.train import Interrupted
 
     t = time.perf_counter()
-    steps_done = [0]
 
     def log(rec: dict) -> None:
         if "epoch" not in rec:
             return
-        n_train = round(data.shape[0] * cfg.split.train)
-        spe = n_train // effective_batch_size(cfg.train.batch_size, n_train, 1,
-                                              data.shape[1])
-        steps_done[0] = rec["epoch"] * spe
-        print(f"epoch {rec['epoch']}/{rec['epochs']} steps {steps_done[0]} "
+        print(f"epoch {rec['epoch']}/{rec['epochs']} steps {rec['epoch'] * steps_per_epoch} "
               f"T {rec['temperature']:.4g} mean_max_prob {rec['mean_max_prob']:.4f} "
               f"collisions {rec['collisions']} epoch_s {rec['seconds']:.1f} "
-              f"wall_s {time.perf_counter() - t0:.0f} cpu_s {_cpu_s():.0f} "
-              f"peak_rss_gib {_peak_gib():.2f}", flush=True)
+              f"wall_s {time.perf_counter() - t0:.0f} cpu_s {cpu_s():.0f} "
+              f"peak_rss_gib {peak_gib():.2f}", flush=True)
 
     try:
         res = select_panel(data, cfg, evaluate_baselines=False, stop_after_epochs=stop_after,
@@ -119,7 +114,7 @@ def main() -> None:
     def covered(p: np.ndarray) -> int:
         return len(set(module[p][module[p] >= 0].tolist()))
 
-    peak = _peak_gib()
+    peak = peak_gib()
     rec = {"shape": list(data.shape), "k": args.k, "converged": tr["converged"],
            "reassigned": tr["reassigned_at_extraction"], "steps": steps,
            "train_s": res.timings["train"], "total_s": wall, "peak_rss_gib": peak,
@@ -127,7 +122,7 @@ def main() -> None:
            "modules": n_modules, "cae_modules": covered(cae), "topvar_modules": covered(top),
            "cae_mse": mse["cae"], "topvar_mse": mse["topvar"], "path": tr["data_placement"],
            "batch_size": tr["batch_size"], "candidates": tr["candidate_genes"],
-           "cpu_s": _cpu_s(), "set": args.set, "panel": cae.tolist()}
+           "cpu_s": cpu_s(), "set": args.set, "panel": cae.tolist()}
     print("| cells × genes | k | converged | steps | ms/step | train s | total s | peak RSS GiB "
           "| modules hit: CAE | top-variance | of | test MSE: CAE | top-variance |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
