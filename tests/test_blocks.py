@@ -69,3 +69,12 @@ def test_centred_copy_built_in_column_blocks_equals_the_whole_array_formula():
     assert got.dtype == np.float64 and got.flags.f_contiguous
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(got.mean(axis=0), 0.0, atol=1e-12)
+
+
+def test_training_evaluation_chunks_are_bounded_on_wide_data():
+    from genepanel.train import eval_chunk
+
+    assert eval_chunk(8192, 1, 765) == 2048  # narrow: as before
+    assert eval_chunk(8192, 1, 30_000) == block_rows(30_000)  # wide: 279 rows, not 2,048
+    assert eval_chunk(8192, 4, 30_000) % 4 == 0  # still splits over the devices
+    assert eval_chunk(100, 1, 30_000) == 100  # never more rows than there are
