@@ -36,10 +36,16 @@ from genepanel.plots import plot_history, plot_sizes
 from genepanel.runtime import data_mesh, is_main_process
 from genepanel.saved import FittedModel, save_model, versions
 from genepanel.selectors import (
+    RIDGE_SEARCH_MAX_ROWS,
+    RIDGE_SEARCH_MIN_ALPHA,
     Selected,
     greedy_panel,
     refit_matrix,
+    ridge_greedy,
+    ridge_swap_alternatives,
+    ridge_swap_refine,
     run_selector,
+    search_penalty,
     supervised_objective,
     supervised_refit,
     swap_alternatives,
@@ -349,9 +355,17 @@ def refine_panel(
     allowed = con.allowed.copy()
     allowed[list(con.include)] = True
     scale = xc.shape[0] * ds.n_genes if weight is None else 1.0
-    runs = {"cae": swap_refine(xc, cae.indices, allowed=allowed, fixed=con.include)}
     greedy, _ = greedy_panel(ds, cfg.k, allowed if con.active else None, con.include, weight)
-    runs["greedy"] = swap_refine(xc, greedy, allowed=allowed, fixed=con.include)
+    lam, alpha = (0.0, 0.0) if weight is not None else search_penalty(xc, greedy)
+    ridge = lam > 0
+    if ridge:
+        start = ridge_greedy(xc, cfg.k, lam, allowed=allowed if con.active else None,
+                             include=con.include)
+        runs = {name: ridge_swap_refine(xc, p, lam, allowed=allowed, fixed=con.include)
+                for name, p in (("cae", cae.indices), ("greedy", start))}
+    else:
+        runs = {name: swap_refine(xc, p, allowed=allowed, fixed=con.include)
+                for name, p in (("cae", cae.indices), ("greedy", greedy))}
     gap = runs["cae"].objective_end / runs["greedy"].objective_end - 1.0
     kept = "cae" if gap < -TIE_RTOL else "greedy"
     final = runs[kept].panel
@@ -366,9 +380,11 @@ def refine_panel(
         "enabled": True,
         "method": "exact swap search on the training rows' linear refit error (best single "
                   "swap per round until none improves), from the autoencoder's panel and "
-                  "from the greedy panel; the lower training error is kept, ties within "
-                  f"{TIE_RTOL:g} go to the greedy start",
-        "objective": "training refit MSE" if weight is None else supervised_objective(ds),
+                  "from the greedy panel (greedy on the same objective); the lower training "
+                  f"error is kept, ties within {TIE_RTOL:g} go to the greedy start",
+        "objective": _refine_objective(weight, ds, ridge=ridge, lam=lam, alpha=alpha,
+                                       rows=xc.shape[0]),
+        "penalty": lam if ridge else 0.0,
         "kept_start": kept,
         "genes_replaced": len(changed),
         "train_rows": int(xc.shape[0]),
@@ -385,6 +401,23 @@ def refine_panel(
         "seconds": time.perf_counter() - t,
     }
     return panel, record
+
+
+def _refine_objective(
+    weight: float | None, ds: Dataset, *, ridge: bool, lam: float, alpha: float,
+    rows: int,
+) -> str:
+    """What the swap refinement minimised, in words (``run.json``)."""
+    if weight is not None:
+        return supervised_objective(ds)
+    if ridge:
+        return (f"training refit MSE + ridge penalty λ‖B‖², λ = {lam:.4g} ({alpha:.3g} × the "
+                "mean eigenvalue of the greedy panel's covariance, chosen by GCV on the "
+                "training rows as for the held-out refit)")
+    why = (f"GCV chose a negligible penalty ({alpha:.3g} of the greedy panel's mean "
+           f"eigenvalue, below {RIDGE_SEARCH_MIN_ALPHA:g})" if rows <= RIDGE_SEARCH_MAX_ROWS
+           else f"more than {RIDGE_SEARCH_MAX_ROWS} training rows")
+    return f"training refit MSE (least squares: {why})"
 
 
 def _probabilities(logits: np.ndarray, panel: Panel) -> np.ndarray:
@@ -454,8 +487,13 @@ def _select_one(
     table = panel_table(panel, data.genes, fixed=len(con.include))
     table["refined"] = moved
     if refined:
-        alt, cost = swap_alternatives(refit_matrix(ds, supervised_refit(cfg)[0]),
-                                      panel.indices, cfg.n_related - 1, allowed=con.allowed)
+        lam = refinement.get("penalty", 0.0)
+        if lam > 0:  # the objective the refinement minimised
+            alt, cost = ridge_swap_alternatives(ds.train_centred(), panel.indices,
+                                                cfg.n_related - 1, lam, allowed=con.allowed)
+        else:
+            alt, cost = swap_alternatives(refit_matrix(ds, supervised_refit(cfg)[0]),
+                                          panel.indices, cfg.n_related - 1, allowed=con.allowed)
         groups = swap_groups(panel, alt, cost, data.genes, fixed=len(con.include))
     else:
         groups = related_groups(tr.logits, data.genes, panel, cfg.n_related)

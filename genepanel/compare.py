@@ -3,9 +3,10 @@
 Both panels are scored on the same rows with the same preprocessing as the panel's
 ``genepanel select`` run (its stored config, seed and split rule, and its fitted
 preprocessing statistics). For each panel every decoder class is fitted from scratch on
-the training rows: the closed-form unregularised linear regression (ridge with the
-penalty chosen on the validation rows where the panel has at least as many genes, plus
-intercept, as there are training rows: least squares would interpolate them; see
+the training rows: the closed-form linear regression (ridge with the penalty chosen by
+generalised cross-validation on the training rows, 0 = least squares; chosen on the
+validation rows instead where the panel has at least as many genes, plus intercept, as
+there are training rows: least squares would interpolate them; see
 :func:`genepanel.evaluate.guarded_linear_fit`), and MLPs (Dense + LeakyReLU(0.2), Adam,
 early stopping on the validation rows) over several seeds. The data are held in a
 :class:`~genepanel.dataset.Dataset` (the run's split and fitted preprocessing, each part
@@ -21,10 +22,10 @@ read once) and every panel and decoder is scored by :func:`genepanel.evaluate.sc
 With ``sweep`` concrete-autoencoder panels of several sizes are trained on the same
 ``Dataset`` (the paper's Fig. 6b) and the smallest whose linear-decoder ``mse_all``
 reaches the reference's is reported, counting only panels whose selector converged and
-whose linear fit is unregularised (:func:`sweep_match`). Greedy column subset selection
-and top-variance panels of the same sizes are scored alongside; the report says when
-either reaches the reference at a smaller size than the CAE panels or beats a CAE panel
-of the same size (:func:`baseline_notes`).
+whose linear fit is determined by the training rows (``gcv``, :func:`sweep_match`).
+Greedy column subset selection and top-variance panels of the same sizes are scored
+alongside; the report says when either reaches the reference at a smaller size than the
+CAE panels or beats a CAE panel of the same size (:func:`baseline_notes`).
 """
 
 from __future__ import annotations
@@ -681,13 +682,14 @@ def _per_gene_table(
 
 
 def _fit_label(how: dict[str, Any]) -> str:
-    """``ols`` / ``ridge α=… (k genes + intercept ≥ n training rows)`` / ``refused (…)``."""
+    """``gcv`` / ``ridge α=… (k genes + intercept ≥ n training rows)`` / ``refused (…)``."""
     if how["fit"] == "ridge":
         return (f"ridge α={how['alpha']:.3g} chosen on {how['val_rows']} validation rows: "
                 f"{how['reason']}")
     if how["fit"] == "refused":
         return f"refused: {how['reason']}"
-    return "unregularised least squares"
+    return (f"ridge α={how.get('alpha', 0.0):.3g} chosen by GCV on the training rows "
+            "(0: least squares)")
 
 
 _METRICS = ("mse_all", "mse_neither", "pearson_mean_neither", "pearson_median_neither")
@@ -800,21 +802,21 @@ def baseline_notes(df: pd.DataFrame) -> list[str]:
     Two findings, each one sentence: a baseline reaches the reference's linear test MSE
     at a smaller size than the smallest matching CAE panel (or where no CAE panel
     matches), and a baseline has a lower linear test MSE than the CAE panel of the same
-    size. As in :func:`sweep_match`, only unregularised (``ols``) fits count; a CAE panel
-    whose selector did not converge is named as such.
+    size. As in :func:`sweep_match`, only ``gcv`` fits (fewer genes than training rows)
+    count; a CAE panel whose selector did not converge is named as such.
     """
     if "panel" not in df or not df["panel"].isin(list(SWEEP_BASELINES)).any():
         return []
     r = df[df["panel"] == "reference"].iloc[0]
     ref_mse = float(r["mse_all_linear"])
     cae = df[df["panel"] == "cae_sweep"].sort_values("size")
-    cae_ok = cae[cae["converged"].astype(bool) & (cae["linear_fit"] == "ols")]
+    cae_ok = cae[cae["converged"].astype(bool) & (cae["linear_fit"] == "gcv")]
     cae_hit = cae_ok[cae_ok["mse_all_linear"] <= ref_mse] if np.isfinite(ref_mse) else cae_ok[:0]
     cae_k = int(cae_hit["size"].iloc[0]) if len(cae_hit) else None
     by_size = cae.set_index("size")
     notes = []
     for name, label in _NOTE_NAMES.items():
-        b = df[(df["panel"] == name) & (df["linear_fit"] == "ols")].sort_values("size")
+        b = df[(df["panel"] == name) & (df["linear_fit"] == "gcv")].sort_values("size")
         b = b[np.isfinite(b["mse_all_linear"])]
         if np.isfinite(ref_mse):
             hit = b[b["mse_all_linear"] <= ref_mse]
@@ -832,7 +834,7 @@ def baseline_notes(df: pd.DataFrame) -> list[str]:
             if k not in by_size.index:
                 continue
             c = by_size.loc[k]
-            if c["linear_fit"] == "ols" and row["mse_all_linear"] < c["mse_all_linear"]:
+            if c["linear_fit"] == "gcv" and row["mse_all_linear"] < c["mse_all_linear"]:
                 conv = "" if bool(c["converged"]) else ", CAE not converged"
                 beaten.append(f"{k} genes ({row['mse_all_linear']:.4g} vs "
                               f"{c['mse_all_linear']:.4g}{conv})")
@@ -845,21 +847,21 @@ def baseline_notes(df: pd.DataFrame) -> list[str]:
 def sweep_match(df: pd.DataFrame) -> dict[str, Any]:
     """The smallest swept CAE panel whose linear test MSE reaches the reference's.
 
-    Only panels whose selector converged and whose refit is unregularised least squares
-    with fewer genes than training rows count: an unconverged panel is not the method's
+    Only panels whose selector converged and whose refit is the ``gcv`` one (fewer genes
+    than training rows) count: an unconverged panel is not the method's
     panel, and a panel with as many genes as training rows is fitted with ridge (or not
     at all), which says nothing about it as a panel. Those rows are named, never claimed.
     """
     r = df[df["panel"] == "reference"].iloc[0]
     ref_mse, n_ref = float(r["mse_all_linear"]), int(r["size"])
     cae = df[df["panel"] == "cae_sweep"].sort_values("size")
-    ok = cae["converged"].astype(bool) & (cae["linear_fit"] == "ols")
+    ok = cae["converged"].astype(bool) & (cae["linear_fit"] == "gcv")
     skipped = []
-    bad_fit = cae[cae["linear_fit"] != "ols"]["size"].tolist()
+    bad_fit = cae[cae["linear_fit"] != "gcv"]["size"].tolist()
     if bad_fit:
         skipped.append(f"{', '.join(map(str, bad_fit))} genes: at least as many genes as "
                        "training rows (linear fit regularised or refused)")
-    unconv = cae[~cae["converged"].astype(bool) & (cae["linear_fit"] == "ols")]["size"].tolist()
+    unconv = cae[~cae["converged"].astype(bool) & (cae["linear_fit"] == "gcv")]["size"].tolist()
     if unconv:
         skipped.append(f"{', '.join(map(str, unconv))} genes: selector not converged")
     not_counted = f" (not counted: {'; '.join(skipped)})" if skipped else ""
@@ -945,8 +947,8 @@ def plot_bars(summary: pd.DataFrame, path: Path) -> None:
 def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
     """Linear-decoder test MSE against panel size (the paper's Fig. 6b), on a log scale.
 
-    Filled circles: converged panels with an unregularised fit; hollow circles: the
-    selector did not converge; crosses: ridge fits (at least as many genes as training
+    Filled circles: converged panels with a ``gcv`` fit; hollow circles: the
+    selector did not converge; crosses: ``ridge`` fits (at least as many genes as training
     rows). Triangles: the greedy and top-variance baselines (crosses in their colour for
     ridge fits). Refused fits are left out. The log axis keeps an interpolating outlier from
     squashing the other points.
@@ -960,11 +962,11 @@ def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
     cae = cae[np.isfinite(cae["mse_all_linear"])]
     ax.plot(cae["size"], cae["mse_all_linear"], "-", color="tab:orange", alpha=0.5)
     conv = cae["converged"].astype(bool)
-    ols = cae["linear_fit"] == "ols"
-    groups = ((conv & ols, {"marker": "o", "color": "tab:orange"}, "CAE panels (sweep)"),
-              (~conv & ols, {"marker": "o", "mfc": "none", "color": "tab:orange"},
+    gcv = cae["linear_fit"] == "gcv"
+    groups = ((conv & gcv, {"marker": "o", "color": "tab:orange"}, "CAE panels (sweep)"),
+              (~conv & gcv, {"marker": "o", "mfc": "none", "color": "tab:orange"},
                "CAE panels, not converged"),
-              (~ols, {"marker": "x", "color": "tab:red"}, "CAE panels, ridge fit (k ≥ n train)"))
+              (~gcv, {"marker": "x", "color": "tab:red"}, "CAE panels, ridge fit (k ≥ n train)"))
     for sel, style, label in groups:
         if sel.any():
             ax.plot(cae.loc[sel, "size"], cae.loc[sel, "mse_all_linear"], ls="none",
@@ -974,7 +976,7 @@ def plot_sweep(sweep: pd.DataFrame, path: Path) -> None:
         b = b[np.isfinite(b["mse_all_linear"])]
         if not len(b):
             continue
-        ridge = b["linear_fit"] != "ols"
+        ridge = b["linear_fit"] != "gcv"
         ax.plot(b["size"], b["mse_all_linear"], "-", color=color, alpha=0.5)
         ax.plot(b.loc[~ridge, "size"], b.loc[~ridge, "mse_all_linear"], ls="none",
                 marker="^", color=color, label=f"{SWEEP_BASELINES[name]} ({name})")
@@ -1027,10 +1029,11 @@ def report_markdown(res: CompareResult) -> str:
         "Test-set metrics on the preprocessed scale, mean ± sd over trials (the linear "
         "regression is deterministic: one fit). `MSE neither` uses only the genes in neither "
         "panel (the same genes for both); `MSE all` counts each panel's own genes too. The "
-        "linear fit is unregularised least squares (`ols`) unless a panel has at least as "
-        "many genes (plus intercept) as there are training rows: least squares would then "
-        "interpolate the training rows, so it is ridge regression with the penalty chosen on "
-        "the validation rows (`ridge`), or not fitted without them (`refused`).",
+        "linear fit is ridge regression with the penalty chosen by generalised "
+        "cross-validation on the training rows, 0 = least squares (`gcv`), unless a panel "
+        "has at least as many genes (plus intercept) as there are training rows: least "
+        "squares would then interpolate the training rows, so the penalty is chosen on the "
+        "validation rows (`ridge`), or there is no fit without them (`refused`).",
         "",
         "| decoder | fit | panel | genes | MSE all | MSE neither | Pearson r mean (neither) |",
         "|---|---|---|---:|---:|---:|---:|",

@@ -27,7 +27,7 @@ from genepanel.io import ExpressionData
 
 @dataclass
 class LinearFit:
-    """Unregularised least squares ``X ≈ X[:, panel] @ coef + intercept``.
+    """The linear refit ``X ≈ X[:, panel] @ coef + intercept`` (see :func:`ridge_refit`).
 
     ``coef`` is ``[k, d]`` and ``intercept`` ``[d]``, on the preprocessed scale.
     """
@@ -57,14 +57,15 @@ def fit_linear(
     """Fit one linear regression per panel on ``rows`` in a single pass over the data.
 
     The sufficient statistics (sums, ``XᵤᵀXᵤ`` and ``XᵤᵀX`` for the union ``u`` of all
-    panels' genes) are accumulated in float64; each panel's normal equations are then
-    solved with a least-squares solver, so a rank-deficient panel (duplicated or
-    constant genes) still gets the minimum-norm solution.
+    panels' genes) are accumulated in float64; each panel's refit is then solved from
+    them (:func:`ridge_refit`: ridge with the penalty chosen by generalised
+    cross-validation on these rows, 0 = least squares; a rank-deficient panel, with
+    duplicated or constant genes, gets the minimum-norm solution).
     """
     union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in panels.values()]))
     blocks = ((None, xb) for xb in _batches(data, pre, rows, batch))
     mom = _train_moments(blocks, data.shape[1], union, None)
-    return {name: _ols_fit(mom, panel)[0] for name, panel in panels.items()}
+    return {name: _refit(mom, panel)[0] for name, panel in panels.items()}
 
 
 def guarded_linear_fit(
@@ -74,7 +75,7 @@ def guarded_linear_fit(
 
     ``x_train`` ``[n, d]`` and ``x_val`` ``[m, d]`` are preprocessed dense rows. With
     fewer parameters per gene than training rows (``k + 1 < n``: k panel genes and an
-    intercept) this is the unregularised least-squares refit (``fit = "ols"``). Otherwise
+    intercept) this is the refit of :func:`ridge_refit` (``fit = "gcv"``). Otherwise
     least squares interpolates the training rows and its test error says nothing about
     the panel, so the fit is ridge regression with the strength chosen on the validation
     rows (``fit = "ridge"``, ``alpha`` relative to the mean squared singular value of the
@@ -86,9 +87,11 @@ def guarded_linear_fit(
     n, k = len(x), len(idx)
     mu = x.mean(0)
     xc = x - mu
-    info: dict = {"fit": "ols", "k": k, "n_train": n}
+    info: dict = {"fit": "gcv", "k": k, "n_train": n}
     if k + 1 < n:
-        coef = scipy.linalg.lstsq(xc[:, idx], xc, lapack_driver="gelsd")[0]
+        xp = xc[:, idx]
+        coef, _, pen = ridge_refit(xp.T @ xp, xp.T @ xc, float(np.einsum("ij,ij->", xc, xc)), n)
+        info.update(pen)
     else:
         info["reason"] = f"{k} panel genes + intercept for {n} training rows"
         if x_val is None or len(x_val) < 2:
@@ -209,9 +212,12 @@ class PanelScore:
     ``determined`` is False when the panel has at least as many genes as there are
     training rows minus one: the refit (``k`` coefficients and an intercept) is then not
     determined by the data, its error says nothing about the panel, and comparisons
-    leave it out. ``fit`` says how the refit was solved: ``ols`` (least squares),
-    ``ridge`` or ``refused`` (``guarded`` scoring of an undetermined panel, see
-    :func:`guarded_linear_fit`; ``fit_info`` holds its record, NaN errors when refused).
+    leave it out. ``fit`` says how the refit was solved: ``gcv`` (:func:`ridge_refit`:
+    ridge, penalty chosen by GCV on the training rows, 0 = least squares), ``ridge`` or
+    ``refused`` (``guarded`` scoring of an undetermined panel, see
+    :func:`guarded_linear_fit`: penalty chosen on the validation rows, or no fit).
+    ``fit_info`` holds its record (``penalty``/``alpha`` for ``gcv``; NaN errors when
+    refused).
     ``genes`` holds the per-gene errors when they were asked for.
     """
 
@@ -221,7 +227,7 @@ class PanelScore:
     train_mse: float
     determined: bool
     accuracy: float | None = None
-    fit: str = "ols"
+    fit: str = "gcv"
     fit_info: dict | None = None
     genes: GeneErrors | None = None
 
@@ -275,8 +281,9 @@ def score(
 ) -> Scores:
     """Score every panel the same way, in one pass over training and one over test rows.
 
-    Each panel gets an unregularised least-squares refit (with intercept) from its genes
-    to every gene, fitted on all training rows of ``ds`` (a
+    Each panel gets a linear refit (with intercept) from its genes to every gene, fitted
+    on all training rows of ``ds`` (:func:`ridge_refit`: ridge regression, its penalty
+    chosen by generalised cross-validation on the training rows, 0 = least squares) (a
     :class:`~genepanel.dataset.Dataset`), and its mean squared error over every entry of
     the preprocessed test rows (and of the training rows). With ``pca_k`` the PCA bound
     of that rank is added, fitted on :meth:`~genepanel.dataset.Dataset.train_matrix`.
@@ -285,7 +292,7 @@ def score(
 
     With ``guarded`` an undetermined panel (``k + 1 ≥`` training rows) is refitted with
     ridge regression chosen on the validation rows, or refused without them
-    (:func:`guarded_linear_fit`), instead of the minimum-norm least-squares solution.
+    (:func:`guarded_linear_fit`), instead of the GCV-chosen refit.
     With ``per_gene`` every panel also gets :class:`GeneErrors`. ``decoders`` (already
     fitted, by name) are scored per gene on the same test pass.
     """
@@ -312,7 +319,7 @@ def score(
         out[name] = PanelScore(
             name, np.asarray(p), err.mse_all(m) if err else float("nan"), train_mse[name],
             determined=len(p) < mom.n - 1, accuracy=acc.get(name), fit=how[name]["fit"],
-            fit_info=how[name] if how[name]["fit"] != "ols" else None,
+            fit_info=how[name],
             genes=(err.genes(test) if err else _nan_genes(d)) if per_gene else None)
     return Scores(out, fits, pca, test.test_variance(), mom.n, m, info,
                   decoders={name: test.errors[name].genes(test) for name in decoders or {}},
@@ -384,21 +391,81 @@ def _linear_fits(
             if fit is not None:
                 fits[name] = fit
             continue
-        fits[name], train_mse[name] = _ols_fit(mom, panel)
-        how[name] = {"fit": "ols", "k": len(panel), "n_train": n}
+        fits[name], train_mse[name], pen = _refit(mom, panel)
+        how[name] = {"fit": "gcv", "k": len(panel), "n_train": n, **pen}
     return fits, train_mse, how
 
 
-def _ols_fit(mom: _Moments, panel: np.ndarray) -> tuple[LinearFit, float]:
-    """Least-squares refit from ``panel`` (minimum-norm when rank-deficient), training MSE."""
+#: Ridge penalties the refit chooses among, relative to the mean eigenvalue of the
+#: panel's centred training covariance (``trace / k``); 0 is least squares.
+PENALTY_GRID = np.concatenate([[0.0], 10.0 ** np.arange(-6.0, 3.01, 0.25)])
+
+
+def gcv_penalty(e: np.ndarray, c2: np.ndarray, ss: float, n: int) -> tuple[float, float]:
+    """The ridge penalty of :data:`PENALTY_GRID` with the lowest GCV score: ``(λ, λ/scale)``.
+
+    ``e``: eigenvalues of the panel's centred training covariance ``X_PᵀX_P``; ``c2``:
+    squared norms of the rows of ``QᵀX_PᵀX`` (``Q`` its eigenvectors, ``X`` every gene,
+    centred); ``ss``: ``‖X‖²``; ``n``: training rows. Generalised cross-validation
+    (Golub, Heath & Wahba 1979) scores a penalty ``λ`` by ``n · RSS(λ) / (n − df(λ))²``,
+    ``df = 1 + Σ e/(e + λ)`` (the intercept counts 1): an estimate of the leave-one-out
+    error from the training rows alone, so the test rows never choose it. With many
+    more training rows than panel genes it is close to 0 (least squares); with few, it
+    shrinks the refit of genes the panel barely explains instead of fitting their noise.
+    """
+    e = np.asarray(e, np.float64)
+    live = e > max(float(e.max(initial=0.0)), 1e-300) * 1e-10
+    scale = float(e[live].mean()) if live.any() else 1.0
+    best = (np.inf, 0.0, 0.0)
+    for rel in PENALTY_GRID:
+        lam = rel * scale
+        el = e[live]
+        keep = 1.0 - (lam / (el + lam)) ** 2 if lam > 0 else np.ones_like(el)
+        rss = max(ss - float(np.sum(keep * c2[live] / el)), 0.0)
+        df = 1.0 + float(np.sum(el / (el + lam)))
+        if n - df <= 0:
+            continue
+        gcv = n * rss / (n - df) ** 2
+        if gcv < best[0]:
+            best = (gcv, lam, float(rel))
+    return best[1], best[2]
+
+
+def ridge_refit(
+    cov: np.ndarray, cross: np.ndarray, ss: float, n: int
+) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Coefficients ``[k, d]`` of the refit from centred moments, its RSS and its penalty.
+
+    ``cov = X_PᵀX_P`` and ``cross = X_PᵀX`` (centred training rows), ``ss = ‖X‖²``. The
+    penalty is :func:`gcv_penalty`'s; directions of ``cov`` with no variance get no
+    weight (the minimum-norm solution at ``λ = 0``).
+    """
+    e, q = np.linalg.eigh(cov)
+    c = q.T @ cross
+    c2 = np.einsum("ij,ij->i", c, c)
+    lam, rel = gcv_penalty(e, c2, ss, n)
+    live = e > max(float(e.max(initial=0.0)), 1e-300) * 1e-10
+    inv = np.zeros_like(e)
+    inv[live] = 1.0 / (e[live] + lam)
+    coef = q @ (inv[:, None] * c)
+    keep = np.where(live, 1.0 - (lam * inv) ** 2, 0.0)
+    rss = max(ss - float(np.sum(keep * c2 / np.where(live, e, 1.0))), 0.0)
+    return coef, rss, {"penalty": lam, "alpha": rel}
+
+
+def _refit(mom: _Moments, panel: np.ndarray) -> tuple[LinearFit, float, dict[str, float]]:
+    """The refit from ``panel`` (:func:`ridge_refit`), its training MSE and its penalty.
+
+    Ridge with the GCV penalty, 0 = least squares (minimum-norm when rank-deficient).
+    """
     n, d = mom.n, len(mom.mu_x)
     sel = mom.pos[np.asarray(panel, np.int64)]
     cov = mom.uu[np.ix_(sel, sel)] - n * np.outer(mom.mu_u[sel], mom.mu_u[sel])
     cross = mom.ux[sel] - n * np.outer(mom.mu_u[sel], mom.mu_x)
-    coef = scipy.linalg.lstsq(cov, cross, lapack_driver="gelsd")[0]
+    coef, rss, pen = ridge_refit(cov, cross, mom.ss_x, n)
     fit = LinearFit(np.asarray(panel), coef.astype(np.float32),
                     (mom.mu_x - mom.mu_u[sel] @ coef).astype(np.float32))
-    return fit, max(mom.ss_x - float(np.sum(cross * coef)), 0.0) / (n * d)
+    return fit, rss / (n * d), pen
 
 
 def _pca(ds, k: int, seed: int) -> tuple[Any, int]:

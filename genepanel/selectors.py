@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.linalg
 
 from genepanel.errors import UsageError
 
@@ -322,6 +323,239 @@ def swap_refine(
         history.append(float(g.sum()))
     end = refit_objective(xc, p)
     return SwapResult(panel=np.asarray(p, dtype=np.int64), objective_start=start,
+                      objective_end=end, swaps=swaps, rounds=swaps + int(converged),
+                      converged=converged, history=tuple(history))
+
+
+# --------------------------------------------------------------------------- ridge objective
+
+#: The ridge form of the refinement needs the ``n × n`` row Gram matrix and two more
+#: ``n × d`` arrays; above this many training rows it is not used (and the penalty GCV
+#: chooses there is negligible on every data set measured, see ``quality.md``).
+RIDGE_SEARCH_MAX_ROWS = 2000
+#: Penalties below this fraction of the panel's mean eigenvalue change the refit error by
+#: less than about its square (1e-6 relatively): the least-squares search is used.
+RIDGE_SEARCH_MIN_ALPHA = 1e-3
+
+
+def selection_penalty(xc: np.ndarray, panel: Sequence[int]) -> tuple[float, float]:
+    """The ridge penalty (``λ``, ``λ / scale``) GCV chooses for ``panel``'s refit on ``xc``.
+
+    The same choice as the held-out refit (:func:`~genepanel.evaluate.ridge_refit`), made
+    on the centred training rows ``xc`` for one panel (the greedy one), so that the
+    search optimises the objective its final refit is fitted with.
+    """
+    from genepanel.evaluate import gcv_penalty
+
+    xp = xc[:, list(panel)]
+    e, q = np.linalg.eigh(xp.T @ xp)
+    c = q.T @ (xp.T @ xc)
+    return gcv_penalty(e, np.einsum("ij,ij->i", c, c), float(np.einsum("ij,ij->", xc, xc)),
+                       xc.shape[0])
+
+
+def search_penalty(xc: np.ndarray, panel: Sequence[int]) -> tuple[float, float]:
+    """``(λ, α)``: the swap refinement's penalty (0: least squares), GCV's relative one.
+
+    ``α`` is the relative penalty GCV chose for ``panel`` (:func:`selection_penalty`).
+    The ridge form is used where GCV's choice is at least :data:`RIDGE_SEARCH_MIN_ALPHA`
+    and there are at most :data:`RIDGE_SEARCH_MAX_ROWS` rows.
+    """
+    lam, alpha = selection_penalty(xc, panel)
+    use = alpha >= RIDGE_SEARCH_MIN_ALPHA and xc.shape[0] <= RIDGE_SEARCH_MAX_ROWS
+    return (lam if use else 0.0), alpha
+
+
+def ridge_objective(xc: np.ndarray, panel: Sequence[int], lam: float) -> float:
+    """``min_B ‖X − X_P B‖² + λ‖B‖²`` on the centred training rows ``xc`` (``λ > 0``).
+
+    The penalised training refit error of every gene from the panel, computed in sample
+    space as ``λ · tr(Xᵀ (K + λI)⁻¹ X)`` with ``K = X_P X_Pᵀ``.
+    """
+    xp = xc[:, list(panel)]
+    n = xc.shape[0]
+    m = scipy.linalg.cho_solve(scipy.linalg.cho_factor(xp @ xp.T + lam * np.eye(n)), xc)
+    return lam * float(np.einsum("ij,ij->", xc, m))
+
+
+class _RidgeState:
+    """``M = (X_P X_Pᵀ + λI)⁻¹``-based quantities of the ridge search, in sample space.
+
+    ``a = M X`` and ``ga = G M X`` (``G = X Xᵀ``), both ``[n, d]``; per gene ``c``,
+    ``xmx[c] = x_cᵀ M x_c`` and ``num[c] = x_cᵀ M G M x_c``. Adding gene ``c`` lowers
+    the objective ``λ tr(G M)`` by ``λ num[c] / (1 + xmx[c])`` (Sherman–Morrison);
+    removing panel gene ``p`` raises it by ``λ num[p] / (1 − xmx[p])``.
+    """
+
+    def __init__(self, xc: np.ndarray, g: np.ndarray, panel: list[int], lam: float):
+        self.x, self.g, self.lam = xc, g, lam
+        n = xc.shape[0]
+        xp = xc[:, panel]
+        fac = scipy.linalg.cho_factor(xp @ xp.T + lam * np.eye(n))
+        self.a = scipy.linalg.cho_solve(fac, xc)
+        self.ga = g @ self.a
+        self._scores()
+
+    def _scores(self) -> None:
+        self.xmx = np.einsum("ij,ij->j", self.x, self.a)
+        self.num = np.einsum("ij,ij->j", self.ga, self.a)
+
+    def objective(self) -> float:
+        """``λ tr(G M) = λ Σ_c x_cᵀ M x_c``."""
+        return self.lam * float(self.xmx.sum())
+
+    def rank_one(self, c: int, sign: float) -> None:
+        """Add (``sign = 1``) or remove (``-1``) gene ``c``: ``M ← M ∓ m mᵀ / (1 ± x_cᵀm)``."""
+        m, gm = self.a[:, c].copy(), self.ga[:, c].copy()
+        den = 1.0 + sign * self.xmx[c]
+        mx, mga = m @ self.x, m @ self.ga
+        mgm = float(m @ gm)
+        self.a -= np.outer(m, (sign / den) * mx)
+        self.ga -= np.outer(gm, (sign / den) * mx)
+        self.xmx -= (sign / den) * mx * mx
+        self.num += (mgm / den**2) * mx * mx - (2.0 * sign / den) * mx * mga
+
+
+def _varying(xc: np.ndarray, keep: Sequence[int]) -> np.ndarray:
+    """Columns of ``xc`` that vary on the training rows, plus ``keep`` (sorted indices).
+
+    A constant gene neither lowers the ridge objective when it enters (``x_c = 0``) nor
+    adds to it as a target, so the ridge search works on the others only.
+    """
+    live = np.einsum("ij,ij->j", xc, xc) > 0
+    live[list(keep)] = True
+    return np.flatnonzero(live)
+
+
+def ridge_greedy(
+    xc: np.ndarray, k: int, lam: float, *, allowed: np.ndarray | None = None,
+    include: Sequence[int] = (),
+) -> np.ndarray:
+    """Forward selection on the ridge objective (:func:`ridge_objective`).
+
+    Each step adds the gene that lowers it most. ``include`` genes come first; only
+    ``allowed`` genes enter. Returns the genes in the order chosen.
+    """
+    cols = _varying(xc, include)
+    pos = np.full(xc.shape[1], -1)
+    pos[cols] = np.arange(len(cols))
+    ok = _allowed_mask(allowed, xc.shape[1])[cols]
+    xc = xc[:, cols]
+    g = xc @ xc.T
+    chosen = [int(pos[c]) for c in include]
+    st = _RidgeState(xc, g, chosen, lam)
+    while len(chosen) < k:
+        gain = np.where(ok, st.num / (1.0 + st.xmx), -np.inf)
+        gain[chosen] = -np.inf
+        c = int(np.argmax(gain))
+        if not np.isfinite(gain[c]):
+            msg = f"only {len(chosen)} genes may enter the panel, {k} asked for"
+            raise UsageError(msg)
+        chosen.append(c)
+        st.rank_one(c, 1.0)
+    return cols[np.asarray(chosen, np.int64)]
+
+
+def _ridge_swaps(st: _RidgeState, p: list[int], ok: np.ndarray, obj: float) -> np.ndarray:
+    """``[k, d]``: the ridge objective after panel position ``i`` is replaced by gene ``c``.
+
+    ``inf`` where ``c`` may not enter; see :func:`ridge_swap_refine`.
+    """
+    mp, gmp = st.a[:, p], st.ga[:, p]  # [n, k]
+    beta = 1.0 - st.xmx[p]
+    num_p = st.num[p]
+    mpx = mp.T @ st.x  # [k, d]
+    mpga = gmp.T @ st.a  # [k, d]
+    t = mpx / beta[:, None]
+    den = 1.0 + st.xmx[None, :] + mpx * t
+    num = st.num[None, :] + 2.0 * t * mpga + t * t * num_p[:, None]
+    new = obj + st.lam * (num_p / beta)[:, None] - st.lam * num / den
+    cand = ok.copy()
+    cand[p] = False
+    new[:, ~cand] = np.inf
+    return new
+
+
+def ridge_swap_alternatives(
+    xc: np.ndarray, panel: Sequence[int], n: int, lam: float, *,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`swap_alternatives` on the ridge objective (:func:`ridge_objective`)."""
+    cols = _varying(xc, panel)
+    pos = np.full(xc.shape[1], -1)
+    pos[cols] = np.arange(len(cols))
+    ok = _allowed_mask(allowed, xc.shape[1])[cols]
+    x = xc[:, cols]
+    p = [int(pos[g]) for g in panel]
+    st = _RidgeState(x, x @ x.T, p, lam)
+    obj = st.objective()
+    new = _ridge_swaps(st, p, ok, obj)  # [k, d']
+    n = min(n, int(np.isfinite(new[0]).sum()))
+    top = np.argsort(new, axis=1, kind="stable")[:, :n]
+    return cols[top].astype(np.int64), np.take_along_axis(new, top, axis=1) / obj - 1.0
+
+
+def ridge_swap_refine(
+    xc: np.ndarray,
+    panel: Sequence[int],
+    lam: float,
+    *,
+    allowed: np.ndarray | None = None,
+    fixed: Sequence[int] = (),
+    max_swaps: int | None = None,
+    rtol: float = 1e-9,
+    exact_every: int = 20,
+) -> SwapResult:
+    """:func:`swap_refine` on the ridge objective (:func:`ridge_objective`, ``λ = lam``).
+
+    For panel position ``i`` (gene ``p``, ``m_p = M x_p``, ``β = 1 − x_pᵀm_p``) and every
+    gene ``c`` at once, the objective after the swap is
+
+        ``J + λ num_p/β − λ (num_c + 2t·m_pᵀG M x_c + t²·num_p) / (1 + xmx_c + t·m_pᵀx_c)``
+
+    with ``t = m_pᵀx_c / β`` (two ``k × n × d`` products a round). Each round takes the
+    best single swap if it lowers ``J`` by more than ``rtol`` of it; the state is
+    updated by two rank-one steps and recomputed exactly every ``exact_every`` swaps.
+    Objectives in the result are ``J`` itself (recomputed exactly).
+    """
+    p = [int(x) for x in panel]
+    k = len(p)
+    if len(set(p)) != k:
+        msg = "ridge_swap_refine needs a panel of distinct genes"
+        raise UsageError(msg)
+    movable = np.array([x not in {int(f) for f in fixed} for x in p])
+    cols = _varying(xc, p)
+    pos = np.full(xc.shape[1], -1)
+    pos[cols] = np.arange(len(cols))
+    ok = _allowed_mask(allowed, xc.shape[1])[cols]
+    xc = xc[:, cols]
+    p = [int(pos[x]) for x in p]
+    max_swaps = 10 * k if max_swaps is None else max_swaps
+    g = xc @ xc.T
+    st = _RidgeState(xc, g, p, lam)
+    start = obj = st.objective()
+    history = [start]
+    swaps = since_exact = 0
+    converged = False
+    while swaps < max_swaps:
+        new = _ridge_swaps(st, p, ok, obj)
+        new[~movable] = np.inf
+        i, c = np.unravel_index(int(np.argmin(new)), new.shape)
+        if not np.isfinite(new[i, c]) or obj - new[i, c] <= rtol * obj:
+            converged = True
+            break
+        st.rank_one(p[i], -1.0)
+        st.rank_one(int(c), 1.0)
+        p[i] = int(c)
+        swaps += 1
+        since_exact += 1
+        if since_exact >= exact_every:
+            st = _RidgeState(xc, g, p, lam)
+            since_exact = 0
+        obj = st.objective()
+        history.append(obj)
+    end = ridge_objective(xc, p, lam)
+    return SwapResult(panel=cols[np.asarray(p, dtype=np.int64)], objective_start=start,
                       objective_end=end, swaps=swaps, rounds=swaps + int(converged),
                       converged=converged, history=tuple(history))
 

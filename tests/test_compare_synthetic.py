@@ -78,7 +78,7 @@ def test_driver_panel_beats_planted_landmarks(planted_landmarks):
         rows = sweep[sweep["panel"] == name]
         assert list(rows["size"]) == [3, 5], name
         assert np.isfinite(rows["mse_all_linear"]).all() and (rows["seconds"] >= 0).all()
-        assert (rows["linear_fit"] == "ols").all()
+        assert (rows["linear_fit"] == "gcv").all()
     ref_mse = float(sweep.loc[sweep["panel"] == "reference", "mse_all_linear"].iloc[0])
     greedy = sweep[sweep["panel"] == "greedy"].set_index("size")
     assert greedy.loc[N_DRIVERS, "mse_all_linear"] < ref_mse  # greedy finds the drivers
@@ -168,7 +168,7 @@ def test_ridge_guard_in_memory_run_and_extra_genes(planted_landmarks):
                             reference=[names[i] for i in landmark_idx])
     assert res.info["panel_run"] == "in memory" and res.info["n_genes"] == len(names)
     lin = res.summary[res.summary["decoder"] == "linear"].set_index("panel")
-    assert lin.loc["candidate", "fit"] == "ridge" and lin.loc["reference", "fit"] == "ols"
+    assert lin.loc["candidate", "fit"] == "ridge" and lin.loc["reference", "fit"] == "gcv"
     trials = res.trials[res.trials["decoder"] == "linear"].set_index("panel")
     assert trials.loc["candidate", "ridge_alpha"] > 0
     assert np.isfinite(lin.loc["candidate", "mse_all_mean"])

@@ -168,7 +168,7 @@ def test_compare_landmarks_end_to_end_on_real_subset(bladder_run):
     row = trials[(trials["panel"] == "reference") & (trials["decoder"] == "linear")].iloc[0]
     assert row["linear_fit"] == "ridge" and row["ridge_lambda"] > 0
     cand_row = trials[(trials["panel"] == "candidate") & (trials["decoder"] == "linear")].iloc[0]
-    assert cand_row["linear_fit"] == "ols"  # 12 genes, ~40 training rows
+    assert cand_row["linear_fit"] == "gcv"  # 12 genes, ~40 training rows
     x = model.pre.transform(data.X[split.train]).astype(np.float64)
     mu = x.mean(0)
     xp = x[:, ref_idx] - mu[ref_idx]

@@ -18,11 +18,11 @@ def _low_rank(n: int, d: int = 60, rank: int = 4, seed: int = 0) -> np.ndarray:
             + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
 
 
-def test_guarded_fit_is_least_squares_when_determined():
+def test_guarded_fit_is_the_gcv_refit_when_determined():
     x = _low_rank(200)
     panel = np.arange(5)
     fit, how = guarded_linear_fit(x, None, panel)
-    assert how["fit"] == "ols"
+    assert how["fit"] == "gcv"
     data = ExpressionData(x, [f"g{i}" for i in range(x.shape[1])], pd.DataFrame(), "x")
     ref = fit_linear(data, Preprocessor(kind="none").fit(data, np.arange(200)), np.arange(200),
                      {"p": panel})["p"]
@@ -45,9 +45,61 @@ def test_guarded_fit_regularises_or_refuses_when_genes_outnumber_rows():
     assert err_ridge < 0.9 * err_interp
     # k + 1 = n rows already interpolates (the intercept takes one)
     assert guarded_linear_fit(train, val, np.arange(19))[1]["fit"] == "ridge"
-    assert guarded_linear_fit(train, val, np.arange(18))[1]["fit"] == "ols"
+    assert guarded_linear_fit(train, val, np.arange(18))[1]["fit"] == "gcv"
     assert guarded_linear_fit(train, None, panel) == (None, {**{
         k: how[k] for k in ("k", "n_train", "reason")}, "fit": "refused"})
+
+
+def _gcv_by_hand(xp: np.ndarray, x: np.ndarray, lam: float) -> tuple[float, float]:
+    """GCV score and RSS of the ridge refit from centred ``xp`` to centred ``x``, via the
+    explicit hat matrix (intercept included: ``H = 11ᵀ/n + X_P(X_PᵀX_P + λI)⁻¹X_Pᵀ``)."""
+    n, k = xp.shape
+    inv = np.linalg.pinv(xp.T @ xp + lam * np.eye(k))
+    h = xp @ inv @ xp.T
+    rss = float(np.sum(np.square(x - h @ x)))
+    df = 1.0 + np.trace(h)
+    return n * rss / (n - df) ** 2, rss
+
+
+def test_gcv_refit_chooses_the_grid_penalty_with_the_lowest_gcv_score():
+    from genepanel.evaluate import PENALTY_GRID, ridge_refit
+
+    x = _low_rank(30, d=50, seed=3).astype(np.float64)
+    xc = x - x.mean(0)
+    xp = xc[:, :12]
+    coef, rss, pen = ridge_refit(xp.T @ xp, xp.T @ xc, float(np.sum(xc * xc)), len(xc))
+    scale = np.trace(xp.T @ xp) / 12
+    scores = [_gcv_by_hand(xp, xc, rel * scale)[0] for rel in PENALTY_GRID]
+    assert pen["alpha"] == PENALTY_GRID[int(np.argmin(scores))]
+    assert pen["penalty"] == pytest.approx(pen["alpha"] * scale, rel=1e-9)
+    want = np.linalg.solve(xp.T @ xp + pen["penalty"] * np.eye(12), xp.T @ xc)
+    np.testing.assert_allclose(coef, want, rtol=1e-6, atol=1e-9)
+    assert rss == pytest.approx(_gcv_by_hand(xp, xc, pen["penalty"])[1], rel=1e-8)
+
+
+def test_gcv_refit_shrinks_on_few_rows_and_not_on_many():
+    """Few training rows per coefficient: GCV picks a real penalty and the refit predicts
+    new rows better than least squares; many rows: the penalty is negligible."""
+    from genepanel.evaluate import ridge_refit
+
+    def fit(x, panel):
+        mu = x.mean(0)
+        xc = x - mu
+        xp = xc[:, panel]
+        coef, _, pen = ridge_refit(xp.T @ xp, xp.T @ xc, float(np.sum(xc * xc)), len(xc))
+        ols = np.linalg.lstsq(xp, xc, rcond=None)[0]
+        return mu, coef, ols, pen
+
+    panel = np.arange(25)
+    x = _low_rank(3000, d=120, rank=4, seed=4).astype(np.float64)
+    test = x[2000:]
+    mu, coef, ols, pen = fit(x[:40], panel)  # 25 genes + intercept for 40 rows
+    err = [np.mean(np.square((test[:, panel] - mu[panel]) @ b + mu - test)) for b in (coef, ols)]
+    assert pen["alpha"] > 0.01 and err[0] < 0.8 * err[1]
+    mu, coef, ols, pen = fit(x[:2000], panel)
+    assert pen["alpha"] < 1e-2
+    err = [np.mean(np.square((test[:, panel] - mu[panel]) @ b + mu - test)) for b in (coef, ols)]
+    assert err[0] == pytest.approx(err[1], rel=2e-3)
 
 
 def _sweep_table(rows):
@@ -57,10 +109,10 @@ def _sweep_table(rows):
 
 def test_sweep_never_claims_a_match_from_unconverged_or_interpolating_panels():
     df = _sweep_table([
-        ("cae_sweep", 50, 0.40, "ols", False),      # better, but not converged
+        ("cae_sweep", 50, 0.40, "gcv", False),      # better, but not converged
         ("cae_sweep", 100, 0.30, "ridge", True),    # better, but k ≥ training rows
-        ("cae_sweep", 25, 0.90, "ols", True),       # converged, worse
-        ("candidate", 20, 0.95, "ols", None),
+        ("cae_sweep", 25, 0.90, "gcv", True),       # converged, worse
+        ("candidate", 20, 0.95, "gcv", None),
         ("reference", 891, 0.50, "ridge", None),
     ])
     m = sweep_match(df)
@@ -85,10 +137,10 @@ def test_sweep_plot_uses_a_log_axis(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale",
                         lambda self, v, **kw: (scales.append(v), orig(self, v, **kw))[1])
     df = _sweep_table([
-        ("cae_sweep", 50, 0.9, "ols", False), ("cae_sweep", 100, 44.6, "ols", True),
-        ("cae_sweep", 200, 2.6, "ridge", True), ("candidate", 20, 0.95, "ols", None),
-        ("reference", 891, 0.5, "ridge", None), ("greedy", 50, 0.7, "ols", None),
-        ("greedy", 200, 3.1, "ridge", None), ("topvar", 50, 1.2, "ols", None),
+        ("cae_sweep", 50, 0.9, "gcv", False), ("cae_sweep", 100, 44.6, "gcv", True),
+        ("cae_sweep", 200, 2.6, "ridge", True), ("candidate", 20, 0.95, "gcv", None),
+        ("reference", 891, 0.5, "ridge", None), ("greedy", 50, 0.7, "gcv", None),
+        ("greedy", 200, 3.1, "ridge", None), ("topvar", 50, 1.2, "gcv", None),
     ])
     plot_sweep(df, tmp_path / "sweep.png")
     assert scales == ["log"] and (tmp_path / "sweep.png").stat().st_size > 0
@@ -108,10 +160,10 @@ def test_guarded_ridge_is_stable_under_row_order(seed):
 
 def test_sweep_report_names_baselines_that_do_better():
     df = _sweep_table([
-        ("cae_sweep", 25, 0.90, "ols", True), ("cae_sweep", 50, 0.45, "ols", True),
-        ("greedy", 25, 0.48, "ols", None), ("greedy", 50, 0.30, "ols", None),
-        ("topvar", 25, 0.95, "ols", None), ("topvar", 50, 0.60, "ridge", None),
-        ("reference", 891, 0.50, "ols", None),
+        ("cae_sweep", 25, 0.90, "gcv", True), ("cae_sweep", 50, 0.45, "gcv", True),
+        ("greedy", 25, 0.48, "gcv", None), ("greedy", 50, 0.30, "gcv", None),
+        ("topvar", 25, 0.95, "gcv", None), ("topvar", 50, 0.60, "ridge", None),
+        ("reference", 891, 0.50, "gcv", None),
     ])
     m = sweep_match(df)
     assert m["smallest_matching_size"] == 50  # the headline stays about the CAE panels
@@ -145,7 +197,7 @@ def test_one_scoring_pass_matches_the_direct_computation():
     scale = 2.0
     decoders = {"halved": (panels["small"], lambda xs: np.tile(xs[:, :1] / scale, (1, 80)))}
     sc = score(ds, panels, guarded=True, per_gene=True, decoders=decoders)
-    assert sc.panels["small"].fit == "ols" and sc.panels["wide"].fit == "ridge"
+    assert sc.panels["small"].fit == "gcv" and sc.panels["wide"].fit == "ridge"
     for name, p in panels.items():
         fit, how = guarded_linear_fit(train, val, p)
         assert how["fit"] == sc.panels[name].fit

@@ -246,3 +246,86 @@ def test_refit_matrix_is_the_ridge_target_up_to_the_gene_cap(monkeypatch):
     ds2 = Dataset.build(data, SelectConfig(k=3, seed=0, labels="t"))
     assert selectors.refit_matrix(ds2, 0.5).shape == (n, 10 + 3)  # unregularised one-hot
     assert "unregularised" in selectors.supervised_objective(ds2)
+
+
+# --------------------------------------------------------------------------- ridge objective
+
+
+def _ridge_primal(xc, panel, lam):
+    xp = xc[:, list(panel)]
+    b = np.linalg.solve(xp.T @ xp + lam * np.eye(len(panel)), xp.T @ xc)
+    return float(np.sum(np.square(xc - xp @ b)) + lam * np.sum(b * b))
+
+
+def test_ridge_objective_greedy_and_swaps_equal_brute_force():
+    from genepanel.selectors import (
+        ridge_greedy,
+        ridge_objective,
+        ridge_swap_alternatives,
+        ridge_swap_refine,
+    )
+
+    xc = _matrix(n=30, d=18, rank=4, seed=2)
+    xc[:, 5] = 0.0  # a constant gene never enters
+    lam, k = 4.0, 4
+    for panel in ([0, 1, 2, 3], [6, 9, 12, 17]):
+        assert ridge_objective(xc, panel, lam) == pytest.approx(_ridge_primal(xc, panel, lam),
+                                                                rel=1e-9)
+    chosen = []
+    for _ in range(k):
+        chosen.append(min((c for c in range(18) if c not in chosen),
+                          key=lambda c: _ridge_primal(xc, [*chosen, c], lam)))
+    assert ridge_greedy(xc, k, lam).tolist() == chosen
+    res = ridge_swap_refine(xc, [0, 1, 2, 3], lam)
+    assert res.converged and res.objective_end < res.objective_start
+    assert res.history[-1] == pytest.approx(res.objective_end, rel=1e-9)
+    assert all(b < a for a, b in zip(res.history, res.history[1:], strict=False))
+    p = res.panel.tolist()
+    best = min(_ridge_primal(xc, [*p[:i], c, *p[i + 1:]], lam)
+               for i in range(k) for c in range(18) if c not in p)
+    assert best >= res.objective_end * (1 - 1e-9)  # a local optimum: no swap improves it
+    alt, cost = ridge_swap_alternatives(xc, p, 3, lam)
+    for i in range(k):
+        want = sorted((_ridge_primal(xc, [*p[:i], c, *p[i + 1:]], lam), c)
+                      for c in range(18) if c not in p and c != 5)[:3]
+        assert alt[i].tolist() == [c for _, c in want]
+        np.testing.assert_allclose(cost[i], [v / res.objective_end - 1 for v, _ in want],
+                                   rtol=1e-6, atol=1e-9)
+
+
+def test_search_uses_ridge_on_few_rows_and_least_squares_on_many():
+    """Noisy genes, few rows per panel gene: GCV's penalty is real and the search uses
+    it; nearly noise-free genes (negligible penalty) or more rows than the ridge form
+    holds: least squares, as before."""
+    from genepanel.selectors import (
+        RIDGE_SEARCH_MAX_ROWS,
+        RIDGE_SEARCH_MIN_ALPHA,
+        search_penalty,
+        selection_penalty,
+    )
+
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=(RIDGE_SEARCH_MAX_ROWS + 500, 30))  # the panel: 30 sources
+    w = 0.3 * rng.normal(size=(30, 170))
+    x = np.hstack([s, s @ w + rng.normal(size=(len(s), 170))])
+    panel = list(range(30))
+    lam, alpha = search_penalty(centred(x[:60]), panel)
+    assert alpha >= RIDGE_SEARCH_MIN_ALPHA
+    assert lam == selection_penalty(centred(x[:60]), panel)[0] > 0
+    lam, alpha = search_penalty(centred(x), panel)  # too many rows for the ridge form
+    assert lam == 0.0 and alpha >= RIDGE_SEARCH_MIN_ALPHA
+    quiet = np.hstack([s, s @ w + 0.01 * rng.normal(size=(len(s), 170))])[:200]
+    lam, alpha = search_penalty(centred(quiet), panel)
+    assert lam == 0.0 and alpha < RIDGE_SEARCH_MIN_ALPHA
+
+
+def test_ridge_search_keeps_fixed_genes_and_allowed_set():
+    from genepanel.selectors import ridge_greedy, ridge_swap_refine
+
+    xc = _matrix(n=30, d=16, seed=3)
+    allowed = np.zeros(16, bool)
+    allowed[8:] = True
+    start = ridge_greedy(xc, 4, 2.0, allowed=allowed, include=[1])
+    assert start[0] == 1 and set(start[1:]) <= set(range(8, 16))
+    res = ridge_swap_refine(xc, start, 2.0, allowed=allowed, fixed=[1])
+    assert 1 in res.panel and set(res.panel) - {1} <= set(range(8, 16))
