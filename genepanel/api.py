@@ -610,6 +610,10 @@ def _metrics(
     """``run.json``'s metrics, rendered from the typed scores."""
     mse = {name: s.test_mse for name, s in scores.panels.items()}
     metrics: dict[str, Any] = {"linear_refit_test_mse": mse["cae"]}
+    info = scores.panels["cae"].fit_info or {}
+    if "alpha" in info:  # the refit's ridge penalty (GCV), relative and absolute
+        metrics["linear_refit_penalty"] = {"alpha": info["alpha"],
+                                           "lambda": info.get("penalty", info.get("ridge_lambda"))}
     if refined:
         metrics["trained_decoder_test_mse"] = mse["cae"]
         metrics["decoder"] = ("refit linear decoder of the final panel (the trained decoder "

@@ -645,7 +645,8 @@ def _records(
         records.append({"panel": pname, "decoder": "linear", "trial": 0, "panel_size": len(idx),
                         **s, "epochs_run": 0, "best_epoch": 0, "linear_fit": ps.fit,
                         "ridge_alpha": how.get("alpha", float("nan")),
-                        "ridge_lambda": how.get("ridge_lambda", float("nan"))})
+                        "ridge_lambda": how.get("ridge_lambda",
+                                                how.get("penalty", float("nan")))})
         if progress and ps.fit != "refused":
             log.info("linear  %-9s test MSE all %.4g, neither %.4g (%s)", pname, s["mse_all"],
                      s["mse_neither"], _fit_label(how))

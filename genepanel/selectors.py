@@ -329,9 +329,10 @@ def swap_refine(
 
 # --------------------------------------------------------------------------- ridge objective
 
-#: The ridge form of the refinement needs the ``n × n`` row Gram matrix and two more
-#: ``n × d`` arrays; above this many training rows it is not used (and the penalty GCV
-#: chooses there is negligible on every data set measured, see ``quality.md``).
+#: The ridge form of the refinement needs the ``n × n`` row Gram matrix, two more
+#: ``n × d`` float64 arrays and three ``n² d`` products to start; above this many training
+#: rows the least-squares search is used (where, with many rows per panel gene, the
+#: penalty matters least).
 RIDGE_SEARCH_MAX_ROWS = 2000
 #: Penalties below this fraction of the panel's mean eigenvalue change the refit error by
 #: less than about its square (1e-6 relatively): the least-squares search is used.

@@ -193,6 +193,9 @@ def test_refinement_is_reported_and_the_saved_decoder_reads_the_final_panel(plan
     assert ref["enabled"] and ref["train_refit_mse_final"] <= ref["train_refit_mse_cae"]
     assert "cae_linear_refit_test_mse" in m and "greedy_panel_test_mse" in m
     assert "topvar_panel_test_mse" in m and "baselines:" in res.output
+    from genepanel.evaluate import PENALTY_GRID  # the refit's GCV penalty is reported
+
+    assert m["linear_refit_penalty"]["alpha"] in PENALTY_GRID
     panel = pd.read_csv(out / "panel.tsv", sep="\t")
     assert sorted(panel["gene"]) == sorted(run["panels"]["cae"]["genes"])
     assert int(panel["refined"].sum()) == ref["genes_replaced"]
