@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -76,6 +77,9 @@ def main() -> None:
     from genepanel.api import load_input, select_panel
     from genepanel.config import SelectConfig
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from scale_synthetic import peak_gib
+
     changes = dict(VARIANTS.get(args.variant, {}))
     for item in filter(None, args.set.split(";")):
         key, value = item.split("=", 1)
@@ -95,6 +99,7 @@ def main() -> None:
         t, c = time.perf_counter(), time.process_time()
         res = select_panel(data, cfg, evaluate_baselines=True)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
+        peak = peak_gib()  # of the whole process so far: one k per process to read it per run
         tr, m = res.run["training"], res.metrics
         steps = tr["epochs_run"] * tr["steps_per_epoch"]
         ok = tr["converged"] and tr["reassigned_at_extraction"] == 0
@@ -109,6 +114,7 @@ def main() -> None:
             **other_baselines(res, data, cfg, k),
             "random": m["random_panel_test_mse"]["mean"], "pca": m["pca_bound_test_mse"],
             "final_mean_max_prob": tr["final_mean_max_prob"], "status": tr["status"],
+            "peak_gib": peak,
         }
         # CPU seconds of the training alone are not separable from the evaluation; the
         # share is estimated by the training's share of the wall time.
