@@ -417,15 +417,22 @@ class _RidgeState:
         self.num += (mgm / den**2) * mx * mx - (2.0 * sign / den) * mx * mga
 
 
-def _varying(xc: np.ndarray, keep: Sequence[int]) -> np.ndarray:
-    """Columns of ``xc`` that vary on the training rows, plus ``keep`` (sorted indices).
+def _varying(
+    xc: np.ndarray, keep: Sequence[int], allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``xc`` restricted to the genes that vary on its rows, plus ``keep``.
 
     A constant gene neither lowers the ridge objective when it enters (``x_c = 0``) nor
-    adds to it as a target, so the ridge search works on the others only.
+    adds to it as a target, so the ridge search works on the others only. Returns the
+    kept columns (sorted gene indices), the restricted matrix, the ``allowed`` mask on
+    them and ``pos`` (gene index → column, ``-1`` if dropped).
     """
     live = np.einsum("ij,ij->j", xc, xc) > 0
     live[list(keep)] = True
-    return np.flatnonzero(live)
+    cols = np.flatnonzero(live)
+    pos = np.full(xc.shape[1], -1)
+    pos[cols] = np.arange(len(cols))
+    return cols, xc[:, cols], _allowed_mask(allowed, xc.shape[1])[cols], pos
 
 
 def ridge_greedy(
@@ -437,11 +444,7 @@ def ridge_greedy(
     Each step adds the gene that lowers it most. ``include`` genes come first; only
     ``allowed`` genes enter. Returns the genes in the order chosen.
     """
-    cols = _varying(xc, include)
-    pos = np.full(xc.shape[1], -1)
-    pos[cols] = np.arange(len(cols))
-    ok = _allowed_mask(allowed, xc.shape[1])[cols]
-    xc = xc[:, cols]
+    cols, xc, ok, pos = _varying(xc, include, allowed)
     g = xc @ xc.T
     chosen = [int(pos[c]) for c in include]
     st = _RidgeState(xc, g, chosen, lam)
@@ -482,11 +485,7 @@ def ridge_swap_alternatives(
     allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`swap_alternatives` on the ridge objective (:func:`ridge_objective`)."""
-    cols = _varying(xc, panel)
-    pos = np.full(xc.shape[1], -1)
-    pos[cols] = np.arange(len(cols))
-    ok = _allowed_mask(allowed, xc.shape[1])[cols]
-    x = xc[:, cols]
+    cols, x, ok, pos = _varying(xc, panel, allowed)
     p = [int(pos[g]) for g in panel]
     st = _RidgeState(x, x @ x.T, p, lam)
     obj = st.objective()
@@ -525,11 +524,7 @@ def ridge_swap_refine(
         msg = "ridge_swap_refine needs a panel of distinct genes"
         raise UsageError(msg)
     movable = np.array([x not in {int(f) for f in fixed} for x in p])
-    cols = _varying(xc, p)
-    pos = np.full(xc.shape[1], -1)
-    pos[cols] = np.arange(len(cols))
-    ok = _allowed_mask(allowed, xc.shape[1])[cols]
-    xc = xc[:, cols]
+    cols, xc, ok, pos = _varying(xc, p, allowed)
     p = [int(pos[x]) for x in p]
     max_swaps = 10 * k if max_swaps is None else max_swaps
     g = xc @ xc.T
