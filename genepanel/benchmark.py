@@ -1,11 +1,12 @@
 """``genepanel benchmark``: the concrete autoencoder against the usual baselines, on one split.
 
 Every method chooses ``k`` genes from the training rows of the same split; each panel
-is then scored the same way: an unregularised linear regression from the panel to all
-genes, refitted on the training rows, and its mean squared error over every entry of
-the preprocessed test matrix (the paper's Table 1 metric). With labels, the panel is
-also scored by the test accuracy of an extremely randomised trees classifier (the
-paper's Table 2). The PCA bound is not a panel: the best rank-``k`` linear
+is then scored the same way: a linear regression from the panel to all genes, refitted
+on the training rows (ridge, the penalty chosen by generalised cross-validation on them,
+0 = least squares; :func:`genepanel.evaluate.ridge_refit`), and its mean squared error
+over every entry of the preprocessed test matrix (the paper's Table 1 metric). With
+labels, the panel is also scored by the test accuracy of an extremely randomised trees
+classifier (the paper's Table 2). The PCA bound is not a panel: the best rank-``k`` linear
 reconstruction, which no ``k``-gene panel with a linear decoder can beat.
 
 Besides ``.h5ad`` and plain HDF5 (through :func:`genepanel.io.read_matrix`), the

@@ -57,7 +57,8 @@ class FittedModel:
     params
         Trained decoder parameters (Flax ``params`` of the decoder).
     linear
-        The refit unregularised linear regression from the panel.
+        The refit linear regression from the panel (ridge, GCV penalty; 0 = least
+        squares).
     pre
         The fitted preprocessing, applied before the decoder.
     meta

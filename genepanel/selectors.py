@@ -13,7 +13,11 @@ the classical column-subset solvers it is judged against and refined with (DESIG
 
 The objective is the residual sum of squares of an unregularised least-squares refit
 with intercept, ``f(P) = ‖X − X_P X_P⁺ X‖²_F`` for the column-centred training matrix
-``X``, i.e. exactly the refit that :func:`genepanel.evaluate.score` uses on held-out rows.
+``X`` (the classical greedy baseline's objective). :func:`ridge_greedy` and
+:func:`ridge_swap_refine` minimise the ridge-penalised version
+``min_B ‖X − X_P B‖² + λ‖B‖²`` instead, with ``λ`` chosen by GCV as for the refit
+:func:`genepanel.evaluate.score` uses on held-out rows (the refinement's objective on
+up to :data:`RIDGE_SEARCH_MAX_ROWS` training rows).
 """
 
 from __future__ import annotations
