@@ -446,8 +446,12 @@ def ridge_greedy(
     """Forward selection on the ridge objective (:func:`ridge_objective`).
 
     Each step adds the gene that lowers it most. ``include`` genes come first; only
-    ``allowed`` genes enter. Returns the genes in the order chosen.
+    ``allowed`` genes enter. When no allowed gene that varies is left, the panel is
+    filled with the remaining allowed genes in index order (constant on the training
+    rows: they change nothing), as :func:`greedy_css` does. Returns the genes in the
+    order chosen.
     """
+    full_ok = _allowed_mask(allowed, xc.shape[1])
     cols, xc, ok, pos = _varying(xc, include, allowed)
     g = xc @ xc.T
     chosen = [int(pos[c]) for c in include]
@@ -457,11 +461,16 @@ def ridge_greedy(
         gain[chosen] = -np.inf
         c = int(np.argmax(gain))
         if not np.isfinite(gain[c]):
-            msg = f"only {len(chosen)} genes may enter the panel, {k} asked for"
-            raise UsageError(msg)
+            break
         chosen.append(c)
         st.rank_one(c, 1.0)
-    return cols[np.asarray(chosen, np.int64)]
+    genes = [int(c) for c in cols[np.asarray(chosen, np.int64)]]
+    taken = set(genes)
+    genes += [int(c) for c in np.flatnonzero(full_ok) if c not in taken][: k - len(genes)]
+    if len(genes) < k:
+        msg = f"only {len(genes)} genes may enter the panel, {k} asked for"
+        raise UsageError(msg)
+    return np.asarray(genes, np.int64)
 
 
 def _ridge_swaps(st: _RidgeState, p: list[int], ok: np.ndarray, obj: float) -> np.ndarray:

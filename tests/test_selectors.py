@@ -329,3 +329,11 @@ def test_ridge_search_keeps_fixed_genes_and_allowed_set():
     assert start[0] == 1 and set(start[1:]) <= set(range(8, 16))
     res = ridge_swap_refine(xc, start, 2.0, allowed=allowed, fixed=[1])
     assert 1 in res.panel and set(res.panel) - {1} <= set(range(8, 16))
+    # fewer varying allowed genes than k: filled with allowed constant genes, not refused
+    xc[:, [9, 10, 11]] = 0.0
+    allowed[:] = False
+    allowed[[2, 5, 9, 10, 11]] = True
+    panel = ridge_greedy(xc, 4, 2.0, allowed=allowed)
+    assert panel[:2].tolist() in ([2, 5], [5, 2]) and set(panel[2:]) <= {9, 10, 11}
+    with pytest.raises(UsageError, match="only 5 genes may enter"):
+        ridge_greedy(xc, 6, 2.0, allowed=allowed)
