@@ -357,8 +357,7 @@ def refine_panel(
     scale = xc.shape[0] * ds.n_genes if weight is None else 1.0
     greedy, _ = greedy_panel(ds, cfg.k, allowed if con.active else None, con.include, weight)
     lam, alpha = (0.0, 0.0) if weight is not None else search_penalty(xc, greedy)
-    ridge = lam > 0
-    if ridge:
+    if lam > 0:
         start = ridge_greedy(xc, cfg.k, lam, allowed=allowed if con.active else None,
                              include=con.include)
         runs = {name: ridge_swap_refine(xc, p, lam, allowed=allowed, fixed=con.include)
@@ -382,9 +381,8 @@ def refine_panel(
                   "swap per round until none improves), from the autoencoder's panel and "
                   "from the greedy panel (greedy on the same objective); the lower training "
                   f"error is kept, ties within {TIE_RTOL:g} go to the greedy start",
-        "objective": _refine_objective(weight, ds, ridge=ridge, lam=lam, alpha=alpha,
-                                       rows=xc.shape[0]),
-        "penalty": lam if ridge else 0.0,
+        "objective": _refine_objective(weight, ds, lam=lam, alpha=alpha, rows=xc.shape[0]),
+        "penalty": lam,
         "kept_start": kept,
         "genes_replaced": len(changed),
         "train_rows": int(xc.shape[0]),
@@ -404,13 +402,12 @@ def refine_panel(
 
 
 def _refine_objective(
-    weight: float | None, ds: Dataset, *, ridge: bool, lam: float, alpha: float,
-    rows: int,
+    weight: float | None, ds: Dataset, *, lam: float, alpha: float, rows: int
 ) -> str:
-    """What the swap refinement minimised, in words (``run.json``)."""
+    """What the swap refinement minimised (``lam > 0``: ridge), in words (``run.json``)."""
     if weight is not None:
         return supervised_objective(ds)
-    if ridge:
+    if lam > 0:
         return (f"training refit MSE + ridge penalty λ‖B‖², λ = {lam:.4g} ({alpha:.3g} × the "
                 "mean eigenvalue of the greedy panel's covariance, chosen by GCV on the "
                 "training rows as for the held-out refit)")

@@ -401,6 +401,21 @@ def _linear_fits(
 PENALTY_GRID = np.concatenate([[0.0], 10.0 ** np.arange(-6.0, 3.01, 0.25)])
 
 
+def _live(e: np.ndarray) -> np.ndarray:
+    """Eigenvalues that carry variance (the others are rounding of a rank deficit)."""
+    return e > max(float(e.max(initial=0.0)), 1e-300) * 1e-10
+
+
+def _ridge_rss(
+    e: np.ndarray, c2: np.ndarray, ss: float, lam: float, live: np.ndarray
+) -> tuple[float, float]:
+    """RSS and degrees of freedom (intercept included) of the ridge refit with ``λ``."""
+    el = e[live]
+    keep = 1.0 - (lam / (el + lam)) ** 2 if lam > 0 else np.ones_like(el)
+    rss = max(ss - float(np.sum(keep * c2[live] / el)), 0.0)
+    return rss, 1.0 + float(np.sum(el / (el + lam)))
+
+
 def gcv_penalty(e: np.ndarray, c2: np.ndarray, ss: float, n: int) -> tuple[float, float]:
     """The ridge penalty of :data:`PENALTY_GRID` with the lowest GCV score: ``(λ, λ/scale)``.
 
@@ -414,15 +429,12 @@ def gcv_penalty(e: np.ndarray, c2: np.ndarray, ss: float, n: int) -> tuple[float
     shrinks the refit of genes the panel barely explains instead of fitting their noise.
     """
     e = np.asarray(e, np.float64)
-    live = e > max(float(e.max(initial=0.0)), 1e-300) * 1e-10
+    live = _live(e)
     scale = float(e[live].mean()) if live.any() else 1.0
     best = (np.inf, 0.0, 0.0)
     for rel in PENALTY_GRID:
         lam = rel * scale
-        el = e[live]
-        keep = 1.0 - (lam / (el + lam)) ** 2 if lam > 0 else np.ones_like(el)
-        rss = max(ss - float(np.sum(keep * c2[live] / el)), 0.0)
-        df = 1.0 + float(np.sum(el / (el + lam)))
+        rss, df = _ridge_rss(e, c2, ss, lam, live)
         if n - df <= 0:
             continue
         gcv = n * rss / (n - df) ** 2
@@ -444,13 +456,11 @@ def ridge_refit(
     c = q.T @ cross
     c2 = np.einsum("ij,ij->i", c, c)
     lam, rel = gcv_penalty(e, c2, ss, n)
-    live = e > max(float(e.max(initial=0.0)), 1e-300) * 1e-10
+    live = _live(e)
     inv = np.zeros_like(e)
     inv[live] = 1.0 / (e[live] + lam)
     coef = q @ (inv[:, None] * c)
-    keep = np.where(live, 1.0 - (lam * inv) ** 2, 0.0)
-    rss = max(ss - float(np.sum(keep * c2 / np.where(live, e, 1.0))), 0.0)
-    return coef, rss, {"penalty": lam, "alpha": rel}
+    return coef, _ridge_rss(e, c2, ss, lam, live)[0], {"penalty": lam, "alpha": rel}
 
 
 def _refit(mom: _Moments, panel: np.ndarray) -> tuple[LinearFit, float, dict[str, float]]:
